@@ -1,0 +1,109 @@
+//! The HTTP layer stack every service shares.
+//!
+//! Outermost first: request id and access log (one span per request, so every
+//! log line inside carries the request id) → panics turned into a 500 problem
+//! → framework-made error responses (405, 413, ...) turned into problems →
+//! body size limit → identity proof verification → the service's routes, with
+//! a problem+json 404 for unknown paths.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
+
+use crate::identity::{IdentityKey, verify_identity};
+use crate::problem::{PROBLEM_JSON, Problem, ProblemCode};
+
+/// The request id header, generated or propagated.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Default request body limit for services (1 MiB: an activity batch of 1000
+/// fits, anything much larger is a mistake or an attack).
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The request's id, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Wraps a service's routes in the shared stack. `key` verifies the gateway's
+/// identity proof.
+pub fn service_stack(routes: Router, key: IdentityKey, body_limit: usize) -> Router {
+    routes
+        .fallback(unknown_path)
+        .layer(middleware::from_fn_with_state(key, verify_identity))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(problem_for_bare_errors))
+        .layer(CatchPanicLayer::custom(panic_problem))
+        .layer(middleware::from_fn(request_context))
+}
+
+/// 404 for any path no route knows.
+pub async fn unknown_path(OriginalUri(uri): OriginalUri) -> Problem {
+    Problem::not_found(format!("no route for {}", uri.path()))
+}
+
+fn panic_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    Problem::internal().into_response()
+}
+
+/// A client's request id is kept when it is sane: 1 to 128 characters of
+/// letters, digits and `-_.:`. Anything else is replaced.
+pub fn sane_request_id(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then_some(text)
+}
+
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Request id, tracing span and access log in one place.
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let id = request.headers().get(REQUEST_ID).and_then(sane_request_id).map(str::to_owned).unwrap_or_else(new_request_id);
+    let header_value = HeaderValue::try_from(id.as_str()).expect("request ids are plain ASCII");
+    request.headers_mut().insert(REQUEST_ID, header_value.clone());
+    request.extensions_mut().insert(RequestId(id.clone()));
+
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    response.headers_mut().insert(REQUEST_ID, header_value);
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request served"
+        )
+    });
+    response
+}
+
+/// Error responses made by the framework or by layers (405 with `Allow`, 413
+/// from the body limit, ...) become problem+json with the matching code, so a
+/// client sees one error format whatever produced the error.
+pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let code = ProblemCode::for_status(status);
+    let detail = match code {
+        ProblemCode::MethodNotAllowed => "this path does not support that method",
+        ProblemCode::PayloadTooLarge => "the request body is too large",
+        _ => code.title(),
+    };
+    let mut problem = Problem::new(status, code, detail);
+    problem.allow = response.headers().get(header::ALLOW).cloned();
+    problem.into_response()
+}

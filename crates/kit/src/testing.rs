@@ -1,0 +1,169 @@
+//! Test support: fresh stores of either kind and services on port 0, so
+//! integration tests speak real HTTP to real databases.
+//!
+//! PostgreSQL tests run when `REWARDS_TEST_POSTGRES_URL` names a database the
+//! tests may create schemas in (each test gets its own schema, dropped after
+//! it). Without it they are skipped, and say so on the terminal.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Once;
+
+use axum::Router;
+use sqlx::Connection;
+use tokio::net::TcpListener;
+
+use crate::server::{self, Shutdown};
+use crate::store::StoreKind;
+
+/// The environment variable naming the PostgreSQL test database.
+pub const POSTGRES_URL_ENV: &str = "REWARDS_TEST_POSTGRES_URL";
+
+/// Runs each listed `async fn name(store: TestStore)` once per store kind, as
+/// the tests `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! store_tests {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::testing::TestStore::sqlite().await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(store) = $crate::testing::TestStore::postgres().await {
+                        super::$name(store).await;
+                    }
+                }
+            }
+        )+
+    };
+}
+
+/// A store that exists for one test.
+pub struct TestStore {
+    pub kind: StoreKind,
+    /// The URL a service opens it with.
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_schema: Option<(String, String)>,
+}
+
+impl TestStore {
+    /// A fresh SQLite file in a temporary directory.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = crate::store::sqlite_url(dir.path(), "test.db");
+        Self { kind: StoreKind::Sqlite, url, _dir: Some(dir), pg_schema: None }
+    }
+
+    /// A fresh schema in the PostgreSQL test database, or `None` (with a
+    /// notice on the terminal) when no test database is configured.
+    pub async fn postgres() -> Option<Self> {
+        let Some(base) = postgres_url() else {
+            announce_postgres_skipped();
+            return None;
+        };
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_URL_ENV} is set but PostgreSQL does not answer: {e}"));
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.expect("create test schema");
+        conn.close().await.ok();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        Some(Self { kind: StoreKind::Postgres, url, _dir: None, pg_schema: Some((base, schema)) })
+    }
+
+    /// A fresh store of `kind`; `None` when that kind is not available here.
+    pub async fn of(kind: StoreKind) -> Option<Self> {
+        match kind {
+            StoreKind::Sqlite => Some(Self::sqlite().await),
+            StoreKind::Postgres => Self::postgres().await,
+        }
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let Some((base, schema)) = self.pg_schema.take() else { return };
+        // Drop runs inside the test's runtime; do the async cleanup on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut conn).await;
+                    let _ = conn.close().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The PostgreSQL test database URL, when configured.
+pub fn postgres_url() -> Option<String> {
+    std::env::var(POSTGRES_URL_ENV).ok().filter(|s| !s.trim().is_empty())
+}
+
+/// Writes straight to the process's stderr (the test harness captures only
+/// `eprintln!`), once per test binary, so a skipped suite is never silent.
+fn announce_postgres_skipped() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** PostgreSQL tests SKIPPED in this test binary: set {POSTGRES_URL_ENV}=postgres://... to run them ***\n"
+        );
+    });
+}
+
+/// A service serving real HTTP on an ephemeral port for one test.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub client: reqwest::Client,
+    shutdown: Shutdown,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Serves `router` on `127.0.0.1:0`.
+    pub async fn spawn(router: Router) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
+        Self::spawn_on(listener, router).await
+    }
+
+    /// Serves `router` on a listener the test bound itself.
+    pub async fn spawn_on(listener: TcpListener, router: Router) -> Self {
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                server::serve("test", listener, router, shutdown).await.expect("test server");
+            }
+        });
+        Self { addr, base_url: format!("http://{addr}"), client: reqwest::Client::new(), shutdown, task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Stops serving and waits for in-flight requests to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
