@@ -1,1 +1,85 @@
+//! The gateway: the one entry point for all clients.
+//!
+//! It serves its own `/health` and `/ready`, and forwards everything under a
+//! service's prefix (`/auth-service`, `/event-service`) to that service with
+//! the prefix removed, after stripping every identity header a client sent.
+//! Token verification, route rules and the runtime registry build on this.
 
+mod config;
+mod proxy;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use rewards_kit::health::{self, Readiness};
+use rewards_kit::identity::IdentityKey;
+use tower_http::limit::RequestBodyLimitLayer;
+
+pub use config::GatewaySettings;
+pub use upstream::{Upstream, Upstreams};
+
+/// The service's name in logs.
+pub const NAME: &str = "gateway";
+
+/// The gateway's default port.
+pub const DEFAULT_PORT: u16 = 3000;
+
+/// Shared by every request the gateway handles.
+pub struct Gateway {
+    upstreams: Upstreams,
+    client: proxy::Client,
+    timeout: Duration,
+    /// Signs the verified caller's identity for backends (used once tokens are verified here).
+    #[allow(dead_code)]
+    identity_key: IdentityKey,
+}
+
+/// The gateway's routes and layers.
+pub fn router(settings: &GatewaySettings, identity_key: IdentityKey) -> anyhow::Result<Router> {
+    let gateway = Arc::new(Gateway {
+        upstreams: Upstreams::from_settings(settings)?,
+        client: proxy::client(),
+        timeout: Duration::from_millis(settings.timeout_ms),
+        identity_key,
+    });
+    let routes = Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(ready))
+        .fallback(proxy::forward)
+        .with_state(gateway)
+        .layer(RequestBodyLimitLayer::new(settings.body_limit));
+    Ok(rewards_kit::http::gateway_stack(routes))
+}
+
+/// Ready when every backend service reports ready.
+async fn ready(State(gateway): State<Arc<Gateway>>) -> Readiness {
+    let probes = gateway.upstreams.iter().cloned().map(|upstream| {
+        let client = gateway.client.clone();
+        async move { (upstream.name.clone(), proxy::probe_ready(&client, &upstream).await) }
+    });
+    let mut readiness = Readiness::default();
+    for (name, check) in futures_join_all(probes).await {
+        readiness = readiness.with(name, check);
+    }
+    readiness
+}
+
+/// Runs the probes concurrently (a slow backend must not delay the others).
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        if let Ok(value) = handle.await {
+            out.push(value);
+        }
+    }
+    out
+}

@@ -43,13 +43,16 @@ fn json_problem(rejection: JsonRejection) -> Problem {
         JsonRejection::JsonDataError(err) => {
             // serde_path_to_error's message reads "<path>: <what>"; keep both parts.
             let text = err.body_text();
-            let message = text.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&text);
+            let message =
+                text.strip_prefix("Failed to deserialize the JSON body into the target type: ").unwrap_or(&text);
             let (field, what) = split_path_message(message);
             Problem::validation(format!("invalid request body: {message}"), vec![FieldError::new(field, what)])
         }
-        JsonRejection::JsonSyntaxError(err) => {
-            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::MalformedBody, format!("malformed JSON: {}", err.body_text()))
-        }
+        JsonRejection::JsonSyntaxError(err) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::MalformedBody,
+            format!("malformed JSON: {}", err.body_text()),
+        ),
         JsonRejection::MissingJsonContentType(_) => Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemCode::UnsupportedMediaType,

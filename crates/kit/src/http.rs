@@ -42,6 +42,19 @@ pub fn service_stack(routes: Router, key: IdentityKey, body_limit: usize) -> Rou
         .layer(middleware::from_fn(request_context))
 }
 
+/// The same stack for the gateway, which verifies tokens itself and streams
+/// bodies to backends (so no identity layer and no buffering body limit here).
+pub fn gateway_stack(routes: Router) -> Router {
+    routes
+        .layer(middleware::from_fn(problem_for_bare_errors))
+        .layer(CatchPanicLayer::custom(panic_problem))
+        .layer(middleware::from_fn(request_context))
+}
+
+/// Marks a response relayed from a backend: it is passed on as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
+
 /// 404 for any path no route knows.
 pub async fn unknown_path(OriginalUri(uri): OriginalUri) -> Problem {
     Problem::not_found(format!("no route for {}", uri.path()))
@@ -68,12 +81,14 @@ pub fn new_request_id() -> String {
 
 /// Request id, tracing span and access log in one place.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
-    let id = request.headers().get(REQUEST_ID).and_then(sane_request_id).map(str::to_owned).unwrap_or_else(new_request_id);
+    let id =
+        request.headers().get(REQUEST_ID).and_then(sane_request_id).map(str::to_owned).unwrap_or_else(new_request_id);
     let header_value = HeaderValue::try_from(id.as_str()).expect("request ids are plain ASCII");
     request.headers_mut().insert(REQUEST_ID, header_value.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
 
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, header_value);
@@ -93,8 +108,10 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
 pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_problem = response.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes() == PROBLEM_JSON.as_bytes());
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    let is_problem =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes() == PROBLEM_JSON.as_bytes());
+    let relayed = response.extensions().get::<Forwarded>().is_some();
+    if !(status.is_client_error() || status.is_server_error()) || is_problem || relayed {
         return response;
     }
     let code = ProblemCode::for_status(status);

@@ -159,7 +159,8 @@ impl IdentityKey {
         let ts = unix_millis(at).to_string();
         let payload = B64.encode(serde_json::to_vec(identity).expect("identity serialises"));
         let tag = B64.encode(self.mac(method, path_and_query, &ts, &payload).finalize().into_bytes());
-        HeaderValue::try_from(format!("{VERSION}.{ts}.{payload}.{tag}")).expect("base64 and digits are valid header text")
+        HeaderValue::try_from(format!("{VERSION}.{ts}.{payload}.{tag}"))
+            .expect("base64 and digits are valid header text")
     }
 
     /// Checks a proof for the request it arrived with.
@@ -242,11 +243,7 @@ pub struct Caller(pub Identity);
 impl Caller {
     /// 403 unless the caller holds one of `allowed` (or `ADMIN`).
     pub fn require(&self, allowed: &[Role]) -> Result<&Identity, Problem> {
-        if self.0.has_any_role(allowed) {
-            Ok(&self.0)
-        } else {
-            Err(Problem::forbidden("your roles do not allow this"))
-        }
+        if self.0.has_any_role(allowed) { Ok(&self.0) } else { Err(Problem::forbidden("your roles do not allow this")) }
     }
 }
 

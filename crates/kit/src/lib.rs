@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod problem;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 

@@ -316,10 +316,27 @@ mod tests {
     fn every_code_serialises_as_its_wire_string() {
         use ProblemCode::*;
         for code in [
-            ValidationFailed, MalformedBody, UnsupportedMediaType, PayloadTooLarge, Unauthenticated, Forbidden,
-            NotFound, MethodNotAllowed, Conflict, UsernameTaken, DuplicateClaim, ConditionNotMet, EventNotActive,
-            OutOfStock, IdempotencyKeyReused, IdempotencyInProgress, RateLimited, ServiceUnavailable, BadGateway,
-            GatewayTimeout, Internal,
+            ValidationFailed,
+            MalformedBody,
+            UnsupportedMediaType,
+            PayloadTooLarge,
+            Unauthenticated,
+            Forbidden,
+            NotFound,
+            MethodNotAllowed,
+            Conflict,
+            UsernameTaken,
+            DuplicateClaim,
+            ConditionNotMet,
+            EventNotActive,
+            OutOfStock,
+            IdempotencyKeyReused,
+            IdempotencyInProgress,
+            RateLimited,
+            ServiceUnavailable,
+            BadGateway,
+            GatewayTimeout,
+            Internal,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

@@ -1,0 +1,157 @@
+//! What each subcommand does.
+
+use rewards_kit::server::{self, Shutdown};
+use rewards_kit::service;
+use rewards_kit::store::{self, Store};
+use tokio::task::JoinHandle;
+
+use crate::settings::Settings;
+
+type Task = JoinHandle<anyhow::Result<()>>;
+
+/// All three services in one process. Listeners are bound first (a busy port
+/// fails the start before anything is opened); the gateway is pointed at its
+/// siblings' actual addresses. On SIGINT/SIGTERM the gateway drains first, then
+/// the services, then their stores close.
+pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
+    let key = settings.identity_key_or_generate()?;
+    let gateway_listener = server::bind(rewards_gateway::NAME, settings.gateway.listen).await?;
+    let auth_listener = server::bind(rewards_auth::NAME, settings.auth.listen).await?;
+    let events_listener = server::bind(rewards_events::NAME, settings.events.listen).await?;
+    let auth_addr = auth_listener.local_addr()?;
+    let events_addr = events_listener.local_addr()?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    settings.gateway.auth_url = format!("http://{auth_addr}");
+    settings.gateway.events_url = format!("http://{events_addr}");
+
+    let auth = rewards_auth::open(&settings.auth_database_url(), &settings.auth.store_options()).await?;
+    let events = rewards_events::open(&settings.events_database_url(), &settings.events.store_options()).await?;
+
+    let front = Shutdown::new();
+    let back = Shutdown::new();
+    server::cancel_on_signals(front.clone());
+
+    let gateway_router = rewards_gateway::router(&settings.gateway, key.clone())?;
+    let auth_router = rewards_auth::router(auth.clone(), key.clone(), settings.auth.body_limit);
+    let events_router = rewards_events::router(events.clone(), key, settings.events.body_limit);
+
+    let gateway_task: Task =
+        tokio::spawn(server::serve(rewards_gateway::NAME, gateway_listener, gateway_router, front.clone()));
+    let backend_tasks: Vec<Task> = vec![
+        spawn_backend(service::run(rewards_auth::NAME, auth_listener, auth_router, auth.store, back.clone()), &front),
+        spawn_backend(
+            service::run(rewards_events::NAME, events_listener, events_router, events.store, back.clone()),
+            &front,
+        ),
+    ];
+    tracing::info!(
+        gateway = %format!("http://{gateway_addr}"),
+        auth = %format!("http://{auth_addr}"),
+        events = %format!("http://{events_addr}"),
+        data_dir = %settings.data_dir.display(),
+        "rewards is up; try `curl http://{gateway_addr}/health`"
+    );
+
+    // The gateway returns once it has drained after a signal (or once a
+    // backend has failed); only then do the backends stop.
+    let mut failure = flatten(gateway_task.await).err();
+    back.cancel();
+    for task in backend_tasks {
+        if let Err(err) = flatten(task.await) {
+            failure.get_or_insert(err);
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => {
+            tracing::info!("rewards stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+/// A backend that stops on its own (it failed) takes the platform down with
+/// it, rather than leaving a gateway that answers 503 forever.
+fn spawn_backend(run: impl Future<Output = anyhow::Result<()>> + Send + 'static, front: &Shutdown) -> Task {
+    let front = front.clone();
+    tokio::spawn(async move {
+        let result = run.await;
+        front.cancel();
+        result
+    })
+}
+
+fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    joined.map_err(anyhow::Error::from).and_then(|r| r)
+}
+
+/// The gateway alone (its backends configured by URL).
+pub async fn gateway(settings: Settings) -> anyhow::Result<()> {
+    let key = settings.identity_key()?;
+    let listener = server::bind(rewards_gateway::NAME, settings.gateway.listen).await?;
+    let router = rewards_gateway::router(&settings.gateway, key)?;
+    let shutdown = Shutdown::new();
+    server::cancel_on_signals(shutdown.clone());
+    tracing::info!(listen = %listener.local_addr()?, auth = %settings.gateway.auth_url, events = %settings.gateway.events_url, "gateway listening");
+    server::serve(rewards_gateway::NAME, listener, router, shutdown).await
+}
+
+/// The auth service alone.
+pub async fn auth(settings: Settings) -> anyhow::Result<()> {
+    let key = settings.identity_key()?;
+    let listener = server::bind(rewards_auth::NAME, settings.auth.listen).await?;
+    let state = rewards_auth::open(&settings.auth_database_url(), &settings.auth.store_options()).await?;
+    let router = rewards_auth::router(state.clone(), key, settings.auth.body_limit);
+    run_alone(rewards_auth::NAME, listener, router, state.store).await
+}
+
+/// The events service alone.
+pub async fn events(settings: Settings) -> anyhow::Result<()> {
+    let key = settings.identity_key()?;
+    let listener = server::bind(rewards_events::NAME, settings.events.listen).await?;
+    let state = rewards_events::open(&settings.events_database_url(), &settings.events.store_options()).await?;
+    let router = rewards_events::router(state.clone(), key, settings.events.body_limit);
+    run_alone(rewards_events::NAME, listener, router, state.store).await
+}
+
+async fn run_alone(
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    store: Store,
+) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    server::cancel_on_signals(shutdown.clone());
+    tracing::info!(service = name, listen = %listener.local_addr()?, "{name} listening");
+    service::run(name, listener, router, store, shutdown).await
+}
+
+/// Brings the chosen stores' schemas up to date without serving.
+pub async fn migrate(settings: &Settings, auth: bool, events: bool) -> anyhow::Result<()> {
+    if auth {
+        let url = settings.auth_database_url();
+        let store =
+            service::open_store(rewards_auth::NAME, &url, &settings.auth.store_options(), &rewards_auth::MIGRATIONS)
+                .await?;
+        report_migrated(rewards_auth::NAME, &url, &store).await?;
+    }
+    if events {
+        let url = settings.events_database_url();
+        let store = service::open_store(
+            rewards_events::NAME,
+            &url,
+            &settings.events.store_options(),
+            &rewards_events::MIGRATIONS,
+        )
+        .await?;
+        report_migrated(rewards_events::NAME, &url, &store).await?;
+    }
+    Ok(())
+}
+
+async fn report_migrated(name: &str, url: &str, store: &Store) -> anyhow::Result<()> {
+    let info = store.info().await?;
+    println!("{name}: {} is at schema version {}", store::redact_url(url), info.schema_version);
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The whole platform's configuration: defaults < `--config` TOML file <
+//! `REWARDS_*` environment (nested keys with `__`, e.g.
+//! `REWARDS_AUTH__DATABASE_URL`) < command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use rewards_gateway::GatewaySettings;
+use rewards_kit::config::{LogFormat, Secret};
+use rewards_kit::identity::IdentityKey;
+use rewards_kit::service::ServiceSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Where SQLite stores live unless a service names its own `database_url`.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `info,rewards_auth=debug` (`RUST_LOG` wins).
+    pub log_level: Option<String>,
+    /// The gateway-to-service identity secret (32+ bytes). `rewards up`
+    /// generates one per run when unset; separate processes must share one.
+    pub identity_secret: Secret,
+    pub gateway: GatewaySettings,
+    pub auth: ServiceSettings,
+    pub events: ServiceSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Human,
+            log_level: None,
+            identity_secret: Secret::default(),
+            gateway: GatewaySettings::default(),
+            auth: ServiceSettings::with_port(rewards_auth::DEFAULT_PORT),
+            events: ServiceSettings::with_port(rewards_events::DEFAULT_PORT),
+        }
+    }
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(rewards_kit::config::load(file)?)
+    }
+
+    pub fn auth_database_url(&self) -> String {
+        self.auth.database_url(&self.data_dir, rewards_auth::NAME)
+    }
+
+    pub fn events_database_url(&self) -> String {
+        self.events.database_url(&self.data_dir, rewards_events::NAME)
+    }
+
+    /// The configured identity key; an error when none is configured.
+    pub fn identity_key(&self) -> anyhow::Result<IdentityKey> {
+        let secret = self.identity_secret.expose().ok_or_else(|| {
+            anyhow::anyhow!(
+                "REWARDS_IDENTITY_SECRET (or `identity_secret` in the config file) must be set when services \
+                 run as separate processes; all of them need the same value"
+            )
+        })?;
+        IdentityKey::from_secret(secret.as_bytes()).map_err(anyhow::Error::msg)
+    }
+
+    /// The configured key, or a fresh one for this run only.
+    pub fn identity_key_or_generate(&self) -> anyhow::Result<IdentityKey> {
+        if self.identity_secret.is_set() {
+            self.identity_key()
+        } else {
+            tracing::info!("no identity secret configured: generated one for this run");
+            Ok(IdentityKey::generate())
+        }
+    }
+}
