@@ -36,5 +36,5 @@ pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<AppState>
 /// The service's routes inside the kit's layer stack.
 pub fn router(state: AppState, key: IdentityKey, body_limit: usize) -> Router {
     let routes = rewards_kit::service::ops_routes(state.store.clone());
-    rewards_kit::http::service_stack(routes, key, body_limit)
+    rewards_kit::http::service_stack(NAME, routes, key, body_limit)
 }

@@ -12,10 +12,12 @@ mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use rewards_kit::health::{self, Readiness};
+use rewards_kit::http::RequestId;
 use rewards_kit::identity::IdentityKey;
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -56,10 +58,11 @@ pub fn router(settings: &GatewaySettings, identity_key: IdentityKey) -> anyhow::
 }
 
 /// Ready when every backend service reports ready.
-async fn ready(State(gateway): State<Arc<Gateway>>) -> Readiness {
+async fn ready(State(gateway): State<Arc<Gateway>>, Extension(RequestId(id)): Extension<RequestId>) -> Readiness {
     let probes = gateway.upstreams.iter().cloned().map(|upstream| {
         let client = gateway.client.clone();
-        async move { (upstream.name.clone(), proxy::probe_ready(&client, &upstream).await) }
+        let id = id.clone();
+        async move { (upstream.name.clone(), proxy::probe_ready(&client, &upstream, &id).await) }
     });
     let mut readiness = Readiness::default();
     for (name, check) in futures_join_all(probes).await {

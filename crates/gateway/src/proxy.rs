@@ -135,12 +135,15 @@ fn upstream_failure(upstream: &Upstream, err: &hyper_util::client::legacy::Error
 }
 
 /// One backend's part of the gateway's `/ready`: its own `/ready`, within 2 s.
-pub async fn probe_ready(client: &Client, upstream: &Upstream) -> Check {
+pub async fn probe_ready(client: &Client, upstream: &Upstream, request_id: &str) -> Check {
     let url = upstream.base.to_string();
     let Ok(uri) = upstream.uri("/ready") else {
         return Check::down(json!({ "url": url, "error": "invalid URL" }));
     };
-    let request = Request::get(uri).body(Body::empty()).expect("a GET without body is a valid request");
+    let request = Request::get(uri)
+        .header(rewards_kit::http::REQUEST_ID, request_id)
+        .body(Body::empty())
+        .expect("a GET with a sane request id is a valid request");
     let answer = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await;
     let response = match answer {
         Ok(Ok(response)) => response,

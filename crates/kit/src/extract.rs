@@ -86,6 +86,8 @@ fn split_path_message(message: &str) -> (String, String) {
         .find_map(|prefix| what.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next());
     let field = match (path, named) {
+        // serde_path_to_error already ends the path with an unknown field's name.
+        (Some(path), Some(name)) if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
         (Some(path), Some(name)) => format!("{path}.{name}"),
         (Some(path), None) => path.to_owned(),
         (None, Some(name)) => name.to_owned(),
@@ -157,8 +159,12 @@ mod tests {
             ("username".to_owned(), "missing field `username`".to_owned())
         );
         assert_eq!(
-            split_path_message("condition: unknown field `dayz`, expected `days` at line 1 column 40"),
+            split_path_message("condition.dayz: unknown field `dayz`, expected `days` at line 1 column 40"),
             ("condition.dayz".to_owned(), "unknown field `dayz`, expected `days`".to_owned())
+        );
+        assert_eq!(
+            split_path_message("condition: missing field `days` at line 1 column 40"),
+            ("condition.days".to_owned(), "missing field `days`".to_owned())
         );
         assert_eq!(split_path_message("invalid type: null"), ("$".to_owned(), "invalid type: null".to_owned()));
     }

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Request};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,23 +32,24 @@ pub struct RequestId(pub String);
 
 /// Wraps a service's routes in the shared stack. `key` verifies the gateway's
 /// identity proof.
-pub fn service_stack(routes: Router, key: IdentityKey, body_limit: usize) -> Router {
+pub fn service_stack(service: &'static str, routes: Router, key: IdentityKey, body_limit: usize) -> Router {
     routes
         .fallback(unknown_path)
         .layer(middleware::from_fn_with_state(key, verify_identity))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(CatchPanicLayer::custom(panic_problem))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(service, request_context))
 }
 
 /// The same stack for the gateway, which verifies tokens itself and streams
 /// bodies to backends (so no identity layer and no buffering body limit here).
 pub fn gateway_stack(routes: Router) -> Router {
+    let service = "gateway";
     routes
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(CatchPanicLayer::custom(panic_problem))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(service, request_context))
 }
 
 /// Marks a response relayed from a backend: it is passed on as it is.
@@ -80,15 +81,14 @@ pub fn new_request_id() -> String {
 }
 
 /// Request id, tracing span and access log in one place.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+pub async fn request_context(State(service): State<&'static str>, mut request: Request, next: Next) -> Response {
     let id =
         request.headers().get(REQUEST_ID).and_then(sane_request_id).map(str::to_owned).unwrap_or_else(new_request_id);
     let header_value = HeaderValue::try_from(id.as_str()).expect("request ids are plain ASCII");
     request.headers_mut().insert(REQUEST_ID, header_value.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
 
-    let span =
-        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let span = tracing::info_span!("request", service, request_id = %id, method = %request.method(), path = %request.uri().path());
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, header_value);

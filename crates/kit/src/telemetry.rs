@@ -2,6 +2,8 @@
 //! or JSON. Every line logged while serving a request carries its request id
 //! through the request span opened in [`crate::http`].
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt;
 
@@ -18,7 +20,9 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
     let result = match format {
-        LogFormat::Human => fmt().with_env_filter(filter).with_target(false).try_init(),
+        LogFormat::Human => {
+            fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::stdout().is_terminal()).try_init()
+        }
         LogFormat::Json => fmt()
             .json()
             .with_env_filter(filter)
