@@ -57,32 +57,18 @@ pub fn router(settings: &GatewaySettings, identity_key: IdentityKey) -> anyhow::
     Ok(rewards_kit::http::gateway_stack(routes))
 }
 
-/// Ready when every backend service reports ready.
+/// Ready when every backend service reports ready. The probes run
+/// concurrently: a slow backend must not delay the others' reports.
 async fn ready(State(gateway): State<Arc<Gateway>>, Extension(RequestId(id)): Extension<RequestId>) -> Readiness {
-    let probes = gateway.upstreams.iter().cloned().map(|upstream| {
+    let mut probes = tokio::task::JoinSet::new();
+    for upstream in gateway.upstreams.iter().cloned() {
         let client = gateway.client.clone();
         let id = id.clone();
-        async move { (upstream.name.clone(), proxy::probe_ready(&client, &upstream, &id).await) }
-    });
+        probes.spawn(async move { (upstream.name.clone(), proxy::probe_ready(&client, &upstream, &id).await) });
+    }
     let mut readiness = Readiness::default();
-    for (name, check) in futures_join_all(probes).await {
+    while let Some(Ok((name, check))) = probes.join_next().await {
         readiness = readiness.with(name, check);
     }
     readiness
-}
-
-/// Runs the probes concurrently (a slow backend must not delay the others).
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        if let Ok(value) = handle.await {
-            out.push(value);
-        }
-    }
-    out
 }

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rewards_kit::Problem;
 use rewards_kit::health::Check;
-use rewards_kit::http::Forwarded;
+use rewards_kit::http::KeepBody;
 use rewards_kit::identity::strip_identity_headers;
 use rewards_kit::problem::ProblemCode;
 use serde_json::{Value, json};
@@ -74,7 +74,7 @@ pub async fn forward(
         Ok(Ok(response)) => {
             let (mut parts, incoming) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
-            parts.extensions.insert(Forwarded);
+            parts.extensions.insert(KeepBody);
             Response::from_parts(parts, Body::new(incoming))
         }
         Ok(Err(err)) => upstream_failure(upstream, &err),
@@ -99,7 +99,7 @@ fn rewrite_request_headers(headers: &mut HeaderMap, peer: SocketAddr) {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     // The gateway is the edge: the peer it sees is the client; a client-sent
-    // X-Forwarded-For is not trusted.
+    // X-KeepBody-For is not trusted.
     let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
     headers.insert(HeaderName::from_static("x-forwarded-for"), peer_ip);
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));

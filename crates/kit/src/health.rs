@@ -69,6 +69,8 @@ impl IntoResponse for Readiness {
         let ready = self.is_ready();
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         let body = json!({ "status": if ready { "ready" } else { "unavailable" }, "checks": self.checks });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(crate::http::KeepBody);
+        response
     }
 }

@@ -52,9 +52,10 @@ pub fn gateway_stack(routes: Router) -> Router {
         .layer(middleware::from_fn_with_state(service, request_context))
 }
 
-/// Marks a response relayed from a backend: it is passed on as it is.
+/// Marks an error response whose body is deliberate (relayed from a backend,
+/// or a `/ready` report): it is passed on as it is.
 #[derive(Debug, Clone, Copy)]
-pub struct Forwarded;
+pub struct KeepBody;
 
 /// 404 for any path no route knows.
 pub async fn unknown_path(OriginalUri(uri): OriginalUri) -> Problem {
@@ -110,8 +111,8 @@ pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     let status = response.status();
     let is_problem =
         response.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct.as_bytes() == PROBLEM_JSON.as_bytes());
-    let relayed = response.extensions().get::<Forwarded>().is_some();
-    if !(status.is_client_error() || status.is_server_error()) || is_problem || relayed {
+    let keep = response.extensions().get::<KeepBody>().is_some();
+    if !(status.is_client_error() || status.is_server_error()) || is_problem || keep {
         return response;
     }
     let code = ProblemCode::for_status(status);

@@ -129,9 +129,15 @@ impl FieldError {
     }
 }
 
-/// An RFC 9457 problem details response.
+/// An RFC 9457 problem details response. Boxed, so that `Result<T, Problem>`
+/// stays small on the happy path; fields are reached through `Deref`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
+#[serde(transparent)]
+pub struct Problem(Box<ProblemDetails>);
+
+/// The fields of a [`Problem`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ProblemDetails {
     #[serde(rename = "type")]
     pub type_uri: String,
     pub title: String,
@@ -156,9 +162,22 @@ fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S
     s.serialize_u16(status.as_u16())
 }
 
+impl std::ops::Deref for Problem {
+    type Target = ProblemDetails;
+    fn deref(&self) -> &ProblemDetails {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problem {
+    fn deref_mut(&mut self) -> &mut ProblemDetails {
+        &mut self.0
+    }
+}
+
 impl Problem {
     pub fn new(status: StatusCode, code: ProblemCode, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ProblemDetails {
             type_uri: format!("urn:rewards:problem:{}", code.as_str().to_ascii_lowercase().replace('_', "-")),
             title: code.title().to_owned(),
             status,
@@ -168,7 +187,7 @@ impl Problem {
             retry_after: None,
             bearer_challenge: false,
             allow: None,
-        }
+        }))
     }
 
     pub fn validation(detail: impl Into<String>, errors: Vec<FieldError>) -> Self {
@@ -259,7 +278,7 @@ impl IntoResponse for Problem {
         if self.bearer_challenge {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Some(allow) = self.allow {
+        if let Some(allow) = self.0.allow {
             headers.insert(header::ALLOW, allow);
         }
         response

@@ -167,3 +167,44 @@ impl Drop for TestServer {
         self.shutdown.cancel();
     }
 }
+
+/// The operational contract every store-backed service keeps, checked over
+/// HTTP: liveness, readiness naming the store, problem+json for unknown paths,
+/// and a forged identity proof refused on any route.
+pub async fn assert_ops_contract(server: &TestServer, store: &TestStore) {
+    use serde_json::Value;
+
+    let health = server.client.get(server.url("/health")).send().await.expect("GET /health");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    assert_eq!(health.json::<Value>().await.unwrap(), serde_json::json!({ "status": "ok" }));
+
+    let ready = server.client.get(server.url("/ready")).send().await.expect("GET /ready");
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["store"]["status"], "up");
+    assert_eq!(body["checks"]["store"]["kind"], store.kind.as_str());
+    assert!(body["checks"]["store"]["schemaVersion"].as_i64().unwrap() >= 1);
+
+    let missing = server.client.get(server.url("/no/such/path")).send().await.unwrap();
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers()["content-type"], crate::problem::PROBLEM_JSON);
+    assert_eq!(missing.json::<Value>().await.unwrap()["code"], "NOT_FOUND");
+
+    let forged = server
+        .client
+        .get(server.url("/health"))
+        .header(crate::identity::IDENTITY_HEADER, "v1.0.e30.AAAA")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::UNAUTHORIZED);
+}
+
+/// `/ready` of a service whose store has gone away.
+pub async fn assert_unready(server: &TestServer) {
+    let ready = server.client.get(server.url("/ready")).send().await.expect("GET /ready");
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["store"]["status"], "down");
+}
