@@ -40,6 +40,31 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ProblemCode; 21] = [
+        Self::ValidationFailed,
+        Self::MalformedBody,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::UsernameTaken,
+        Self::DuplicateClaim,
+        Self::ConditionNotMet,
+        Self::EventNotActive,
+        Self::OutOfStock,
+        Self::IdempotencyKeyReused,
+        Self::IdempotencyInProgress,
+        Self::RateLimited,
+        Self::ServiceUnavailable,
+        Self::BadGateway,
+        Self::GatewayTimeout,
+        Self::Internal,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -332,32 +357,10 @@ mod tests {
     }
 
     #[test]
-    fn every_code_serialises_as_its_wire_string() {
-        use ProblemCode::*;
-        for code in [
-            ValidationFailed,
-            MalformedBody,
-            UnsupportedMediaType,
-            PayloadTooLarge,
-            Unauthenticated,
-            Forbidden,
-            NotFound,
-            MethodNotAllowed,
-            Conflict,
-            UsernameTaken,
-            DuplicateClaim,
-            ConditionNotMet,
-            EventNotActive,
-            OutOfStock,
-            IdempotencyKeyReused,
-            IdempotencyInProgress,
-            RateLimited,
-            ServiceUnavailable,
-            BadGateway,
-            GatewayTimeout,
-            Internal,
-        ] {
+    fn every_code_serialises_as_its_wire_string_and_has_a_title() {
+        for code in ProblemCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+            assert!(!code.title().is_empty());
         }
     }
 }
