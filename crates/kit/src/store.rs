@@ -294,3 +294,51 @@ mod tests {
         assert!(err.contains("mysql://root:***@localhost/test"), "{err}");
     }
 }
+
+/// Runs the same sqlx code against whichever pool a [`Store`] holds. Queries
+/// are written once with `$1, $2, ...` placeholders, which both SQLite and
+/// PostgreSQL understand; `$body` is compiled once per engine.
+#[macro_export]
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside a write transaction named `$tx` and commits it when
+/// `$body` completes; an early return (`?`) rolls back. SQLite begins with
+/// `BEGIN IMMEDIATE`, taking the write lock up front: a deferred transaction
+/// that reads and then writes fails with "database is locked" under load.
+#[macro_export]
+macro_rules! with_write_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite(pool) => {
+                #[allow(unused_mut)]
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            $crate::store::Store::Postgres(pool) => {
+                #[allow(unused_mut)]
+                let mut $tx = pool.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+/// Whether an error is a unique-constraint violation (a duplicate the
+/// database refused), on either engine.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.is_unique_violation(),
+        _ => false,
+    }
+}
