@@ -20,7 +20,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{FromRequestParts, Request};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
@@ -44,7 +46,7 @@ const MIN_SECRET_LEN: usize = 32;
 
 /// A platform role. `Service` is held only by internal services calling each
 /// other, never by a user account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Role {
     User,
@@ -62,6 +64,21 @@ impl Role {
             Role::Auditor => "AUDITOR",
             Role::Admin => "ADMIN",
             Role::Service => "SERVICE",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "USER" => Ok(Role::User),
+            "OPERATOR" => Ok(Role::Operator),
+            "AUDITOR" => Ok(Role::Auditor),
+            "ADMIN" => Ok(Role::Admin),
+            "SERVICE" => Ok(Role::Service),
+            other => Err(format!("unknown role `{other}`")),
         }
     }
 }
@@ -96,6 +113,34 @@ impl Identity {
         self.has_role(Role::Admin) || allowed.iter().any(|r| self.has_role(*r))
     }
 }
+
+/// What the gateway vouches for on one request: who is calling (absent on
+/// public routes) and the client's address (the services' throttles key on it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vouched {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Identity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
+}
+
+impl From<Identity> for Vouched {
+    fn from(identity: Identity) -> Self {
+        Self { caller: Some(identity), client_ip: None }
+    }
+}
+
+impl From<&Identity> for Vouched {
+    fn from(identity: &Identity) -> Self {
+        identity.clone().into()
+    }
+}
+
+/// The client's address as the gateway saw it (or, without the gateway, the
+/// TCP peer), in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
 
 /// Why a proof was refused. Logged, never sent: the client only hears 401.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -150,21 +195,27 @@ impl IdentityKey {
         mac
     }
 
-    /// The header value proving `identity` for one request.
-    pub fn sign(&self, method: &Method, path_and_query: &str, identity: &Identity) -> HeaderValue {
-        self.sign_at(method, path_and_query, identity, SystemTime::now())
+    /// The header value vouching for one request.
+    pub fn sign(&self, method: &Method, path_and_query: &str, vouched: impl Into<Vouched>) -> HeaderValue {
+        self.sign_at(method, path_and_query, vouched, SystemTime::now())
     }
 
-    pub fn sign_at(&self, method: &Method, path_and_query: &str, identity: &Identity, at: SystemTime) -> HeaderValue {
+    pub fn sign_at(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        vouched: impl Into<Vouched>,
+        at: SystemTime,
+    ) -> HeaderValue {
         let ts = unix_millis(at).to_string();
-        let payload = B64.encode(serde_json::to_vec(identity).expect("identity serialises"));
+        let payload = B64.encode(serde_json::to_vec(&vouched.into()).expect("a proof payload serialises"));
         let tag = B64.encode(self.mac(method, path_and_query, &ts, &payload).finalize().into_bytes());
         HeaderValue::try_from(format!("{VERSION}.{ts}.{payload}.{tag}"))
             .expect("base64 and digits are valid header text")
     }
 
     /// Checks a proof for the request it arrived with.
-    pub fn verify(&self, method: &Method, path_and_query: &str, proof: &[u8]) -> Result<Identity, ProofError> {
+    pub fn verify(&self, method: &Method, path_and_query: &str, proof: &[u8]) -> Result<Vouched, ProofError> {
         self.verify_at(method, path_and_query, proof, SystemTime::now())
     }
 
@@ -174,7 +225,7 @@ impl IdentityKey {
         path_and_query: &str,
         proof: &[u8],
         now: SystemTime,
-    ) -> Result<Identity, ProofError> {
+    ) -> Result<Vouched, ProofError> {
         let proof = std::str::from_utf8(proof).map_err(|_| ProofError::Malformed)?;
         let mut parts = proof.split('.');
         let (Some(VERSION), Some(ts), Some(payload), Some(tag), None) =
@@ -218,20 +269,29 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
 }
 
 /// Middleware for services: verifies the proof once per request. A valid proof
-/// puts the [`Identity`] into the request's extensions; a request without one
-/// goes on anonymous (public routes); a present but invalid proof is 401.
+/// puts the caller's [`Identity`] and [`ClientAddr`] into the request's
+/// extensions; a request without one goes on anonymous (public routes) with
+/// the TCP peer as its address; a present but invalid proof is 401.
 pub async fn verify_identity(key: axum::extract::State<IdentityKey>, mut request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+    let mut client_ip = peer;
     if let Some(proof) = request.headers().get(IDENTITY_HEADER) {
         let path = request.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         match key.verify(request.method(), path, proof.as_bytes()) {
-            Ok(identity) => {
-                request.extensions_mut().insert(identity);
+            Ok(vouched) => {
+                client_ip = vouched.client_ip.or(peer);
+                if let Some(identity) = vouched.caller {
+                    request.extensions_mut().insert(identity);
+                }
             }
             Err(why) => {
                 tracing::warn!(reason = %why, "refused an identity proof");
                 return Problem::unauthenticated("the caller's identity could not be verified").into_response();
             }
         }
+    }
+    if let Some(ip) = client_ip {
+        request.extensions_mut().insert(ClientAddr(ip));
     }
     next.run(request).await
 }
@@ -275,7 +335,10 @@ mod tests {
     #[test]
     fn a_signed_identity_verifies_for_the_same_request() {
         let proof = key().sign(&Method::GET, "/events?limit=5", &alice());
-        assert_eq!(key().verify(&Method::GET, "/events?limit=5", proof.as_bytes()), Ok(alice()));
+        assert_eq!(key().verify(&Method::GET, "/events?limit=5", proof.as_bytes()), Ok(alice().into()));
+        let anonymous = Vouched { caller: None, client_ip: Some("203.0.113.9".parse().unwrap()) };
+        let proof = key().sign(&Method::POST, "/auth/login", anonymous.clone());
+        assert_eq!(key().verify(&Method::POST, "/auth/login", proof.as_bytes()), Ok(anonymous));
     }
 
     #[test]
@@ -293,7 +356,7 @@ mod tests {
         let text = proof.to_str().unwrap();
         let parts: Vec<&str> = text.split('.').collect();
         let admin = Identity { roles: vec![Role::Admin], ..alice() };
-        let forged_payload = B64.encode(serde_json::to_vec(&admin).unwrap());
+        let forged_payload = B64.encode(serde_json::to_vec(&Vouched::from(admin)).unwrap());
         let forged = format!("{}.{}.{}.{}", parts[0], parts[1], forged_payload, parts[3]);
         assert_eq!(key().verify(&Method::GET, "/x", forged.as_bytes()), Err(ProofError::BadSignature));
     }

@@ -324,6 +324,30 @@ fn is_pool_exhausted(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
+/// The shape of a problem body, for OpenAPI documents.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemSchema {
+    /// A URI naming the kind of problem (`urn:rewards:problem:...`).
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine code, e.g. `VALIDATION_FAILED`.
+    #[schema(example = "VALIDATION_FAILED")]
+    pub code: String,
+    /// The offending fields, for validation failures.
+    pub errors: Option<Vec<FieldErrorSchema>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FieldError)]
+pub struct FieldErrorSchema {
+    pub field: String,
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

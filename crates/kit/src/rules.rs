@@ -49,7 +49,7 @@ impl RouteRule {
         if !self.path.starts_with('/') {
             return Err(format!("path `{}` must start with `/`", self.path));
         }
-        if self.public == !self.roles.is_empty() {
+        if self.public != self.roles.is_empty() {
             return Err(format!("{} {}: a rule is either public or names roles", self.method, self.path));
         }
         Ok(())
@@ -121,6 +121,12 @@ pub async fn enforce(State(rules): State<Arc<[RouteRule]>>, request: Request, ne
         return problem.into_response();
     }
     next.run(request).await
+}
+
+/// Wraps a service's routes so every request is checked against `rules`.
+pub fn enforced(routes: axum::Router, rules: Vec<RouteRule>) -> axum::Router {
+    let rules: Arc<[RouteRule]> = rules.into();
+    routes.layer(axum::middleware::from_fn_with_state(rules, enforce))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What each subcommand does.
 
+use rewards_kit::clock::SharedClock;
 use rewards_kit::server::{self, Shutdown};
 use rewards_kit::service;
 use rewards_kit::store::{self, Store};
@@ -24,7 +25,7 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     settings.gateway.auth_url = format!("http://{auth_addr}");
     settings.gateway.events_url = format!("http://{events_addr}");
 
-    let auth = rewards_auth::open(&settings.auth_database_url(), &settings.auth.store_options()).await?;
+    let auth = rewards_auth::open(&settings.auth, &settings.auth_database_url(), SharedClock::system()).await?;
     let events = rewards_events::open(&settings.events_database_url(), &settings.events.store_options()).await?;
 
     let front = Shutdown::new();
@@ -32,13 +33,16 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     server::cancel_on_signals(front.clone());
 
     let gateway_router = rewards_gateway::router(&settings.gateway, key.clone())?;
-    let auth_router = rewards_auth::router(auth.clone(), key.clone(), settings.auth.body_limit);
+    let auth_router = rewards_auth::router(auth.clone(), key.clone());
     let events_router = rewards_events::router(events.clone(), key, settings.events.body_limit);
 
     let gateway_task: Task =
         tokio::spawn(server::serve(rewards_gateway::NAME, gateway_listener, gateway_router, front.clone()));
     let backend_tasks: Vec<Task> = vec![
-        spawn_backend(service::run(rewards_auth::NAME, auth_listener, auth_router, auth.store, back.clone()), &front),
+        spawn_backend(
+            service::run(rewards_auth::NAME, auth_listener, auth_router, auth.store().clone(), back.clone()),
+            &front,
+        ),
         spawn_backend(
             service::run(rewards_events::NAME, events_listener, events_router, events.store, back.clone()),
             &front,
@@ -100,9 +104,9 @@ pub async fn gateway(settings: Settings) -> anyhow::Result<()> {
 pub async fn auth(settings: Settings) -> anyhow::Result<()> {
     let key = settings.identity_key()?;
     let listener = server::bind(rewards_auth::NAME, settings.auth.listen).await?;
-    let state = rewards_auth::open(&settings.auth_database_url(), &settings.auth.store_options()).await?;
-    let router = rewards_auth::router(state.clone(), key, settings.auth.body_limit);
-    run_alone(rewards_auth::NAME, listener, router, state.store).await
+    let state = rewards_auth::open(&settings.auth, &settings.auth_database_url(), SharedClock::system()).await?;
+    let router = rewards_auth::router(state.clone(), key);
+    run_alone(rewards_auth::NAME, listener, router, state.store().clone()).await
 }
 
 /// The events service alone.
@@ -124,6 +128,27 @@ async fn run_alone(
     server::cancel_on_signals(shutdown.clone());
     tracing::info!(service = name, listen = %listener.local_addr()?, "{name} listening");
     service::run(name, listener, router, store, shutdown).await
+}
+
+/// Adds a new access-token signing key. It is published at once and signs
+/// after the configured lead time; the current key stays published until the
+/// tokens it signed have expired.
+pub async fn rotate_keys(settings: &Settings) -> anyhow::Result<()> {
+    let url = settings.auth_database_url();
+    let store =
+        service::open_store(rewards_auth::NAME, &url, &settings.auth.store_options(), &rewards_auth::MIGRATIONS)
+            .await?;
+    let db = rewards_auth::store::AuthStore::new(store.clone());
+    let lead = chrono::Duration::seconds(settings.auth.key_publish_lead_secs as i64);
+    let key = rewards_auth::keys::rotate(&db, chrono::Utc::now(), lead).await?;
+    println!(
+        "added signing key {}: published now, signs from {} (running auth services pick it up within {} s)",
+        key.kid,
+        rewards_auth::keys::active_from(&key).to_rfc3339(),
+        settings.auth.key_reload_secs
+    );
+    store.close().await;
+    Ok(())
 }
 
 /// Brings the chosen stores' schemas up to date without serving.

@@ -34,12 +34,21 @@ enum Command {
     Auth,
     /// Run the events service alone.
     Events,
+    /// Operator chores.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Create or upgrade the services' store schemas, then exit.
     Migrate {
         /// Which service's store to migrate.
         #[arg(long, value_enum, default_value_t = MigrateTarget::All)]
         service: MigrateTarget,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Add a new access-token signing key (published now, signing after the lead time).
+    RotateKeys,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +109,7 @@ fn main() -> std::process::ExitCode {
             Command::Gateway => commands::gateway(settings).await,
             Command::Auth => commands::auth(settings).await,
             Command::Events => commands::events(settings).await,
+            Command::Admin(AdminCommand::RotateKeys) => commands::rotate_keys(&settings).await,
             Command::Migrate { service } => {
                 commands::migrate(
                     &settings,

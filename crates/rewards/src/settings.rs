@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rewards_auth::AuthSettings;
 use rewards_gateway::GatewaySettings;
 use rewards_kit::config::{LogFormat, Secret};
 use rewards_kit::identity::IdentityKey;
@@ -20,8 +21,11 @@ pub struct Settings {
     /// The gateway-to-service identity secret (32+ bytes). `rewards up`
     /// generates one per run when unset; separate processes must share one.
     pub identity_secret: Secret,
+    /// The bootstrap admin's password, read from `REWARDS_ADMIN_PASSWORD`
+    /// (the same as `[auth] admin_password`).
+    pub admin_password: Secret,
     pub gateway: GatewaySettings,
-    pub auth: ServiceSettings,
+    pub auth: AuthSettings,
     pub events: ServiceSettings,
 }
 
@@ -32,8 +36,9 @@ impl Default for Settings {
             log_format: LogFormat::Human,
             log_level: None,
             identity_secret: Secret::default(),
+            admin_password: Secret::default(),
             gateway: GatewaySettings::default(),
-            auth: ServiceSettings::with_port(rewards_auth::DEFAULT_PORT),
+            auth: AuthSettings::default(),
             events: ServiceSettings::with_port(rewards_events::DEFAULT_PORT),
         }
     }
@@ -41,11 +46,15 @@ impl Default for Settings {
 
 impl Settings {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        Ok(rewards_kit::config::load(file)?)
+        let mut settings: Self = rewards_kit::config::load(file)?;
+        if !settings.auth.admin_password.is_set() {
+            settings.auth.admin_password = settings.admin_password.clone();
+        }
+        Ok(settings)
     }
 
     pub fn auth_database_url(&self) -> String {
-        self.auth.database_url(&self.data_dir, rewards_auth::NAME)
+        self.auth.database_url(&self.data_dir)
     }
 
     pub fn events_database_url(&self) -> String {

@@ -1,0 +1,173 @@
+//! Sessions: login, refresh-token rotation, logout, and the public keys.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use rewards_kit::extract::Json;
+use rewards_kit::identity::{Caller, ClientAddr};
+use rewards_kit::{Problem, problem::ProblemSchema};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::keys::AccessClaims;
+use crate::store::{Rotation, UserRecord};
+use crate::users::UserView;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// OAuth 2.0 token response field names, as the old system answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    pub user: UserView,
+}
+
+/// A new opaque refresh token and the hash under which it is stored.
+fn new_refresh_token() -> (String, String) {
+    let bytes: [u8; 32] = rand::random();
+    let token = B64.encode(bytes);
+    let hash = hash_refresh_token(&token);
+    (token, hash)
+}
+
+fn hash_refresh_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn bad_credentials() -> Problem {
+    Problem::unauthenticated("invalid username or password")
+}
+
+fn refused_refresh() -> Problem {
+    Problem::unauthenticated("the refresh token is invalid, expired or revoked; sign in again")
+}
+
+/// Signs an access token for `user` and pairs it with `refresh_token`.
+async fn tokens(state: &AppState, user: &UserRecord, refresh_token: String) -> Result<TokenResponse, Problem> {
+    let now = state.clock.now();
+    let ttl = state.settings.access_ttl();
+    let claims = AccessClaims {
+        sub: user.id.clone(),
+        username: user.username.clone(),
+        roles: user.roles(),
+        iss: state.settings.issuer.clone(),
+        aud: state.settings.audience.clone(),
+        iat: now.timestamp(),
+        nbf: now.timestamp(),
+        exp: (now + ttl).timestamp(),
+        jti: uuid::Uuid::now_v7().to_string(),
+    };
+    let access_token = state.keys.sign(&claims).await?;
+    Ok(TokenResponse {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: state.settings.access_token_ttl_secs,
+        user: UserView::from(user),
+    })
+}
+
+/// Sign in: an access token and a refresh token.
+#[utoipa::path(post, path = "/auth/login", tag = "sessions", request_body = LoginRequest,
+    responses(
+        (status = 200, body = TokenResponse),
+        (status = 400, body = ProblemSchema),
+        (status = 401, description = "Bad credentials", body = ProblemSchema),
+        (status = 429, description = "Too many failures; see Retry-After", body = ProblemSchema),
+        (status = 503, description = "Too many sign-ins at once; see Retry-After", body = ProblemSchema),
+    ))]
+pub async fn login(
+    State(state): State<AppState>,
+    addr: Option<Extension<ClientAddr>>,
+    Json(body): Json<LoginRequest>,
+) -> Result<Json<TokenResponse>, Problem> {
+    let addr = addr.map(|Extension(ClientAddr(ip))| ip);
+    let now = state.clock.now();
+    state.throttle.check(&body.username, addr, now)?;
+
+    let user = state.db.user_by_username(&body.username).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    if !state.passwords.verify(body.password, hash).await? {
+        state.throttle.record_failure(&body.username, addr, now);
+        tracing::info!(client = ?addr, "failed sign-in");
+        return Err(bad_credentials());
+    }
+    let user = user.ok_or_else(bad_credentials)?;
+    state.throttle.record_success(&body.username);
+
+    let (refresh_token, refresh_hash) = new_refresh_token();
+    state.db.create_session(&user.id, &refresh_hash, now, now + state.settings.refresh_ttl()).await?;
+    tracing::info!(user_id = %user.id, "signed in");
+    Ok(Json(tokens(&state, &user, refresh_token).await?))
+}
+
+/// Trade a refresh token for a new pair. The presented token is spent; a
+/// spent token presented again revokes every token of its session.
+#[utoipa::path(post, path = "/auth/refresh", tag = "sessions", request_body = RefreshRequest,
+    responses(
+        (status = 200, body = TokenResponse),
+        (status = 400, body = ProblemSchema),
+        (status = 401, description = "Unknown, expired, spent or revoked", body = ProblemSchema),
+    ))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshRequest>,
+) -> Result<Json<TokenResponse>, Problem> {
+    let now = state.clock.now();
+    let (new_token, new_hash) = new_refresh_token();
+    let presented = hash_refresh_token(&body.refresh_token);
+    match state.db.rotate_refresh(&presented, &new_hash, now, now + state.settings.refresh_ttl()).await? {
+        Rotation::Rotated { user, .. } => Ok(Json(tokens(&state, &user, new_token).await?)),
+        Rotation::Replayed { family_id } => {
+            tracing::warn!(family_id, "a spent refresh token was presented again; its session is revoked");
+            Err(refused_refresh())
+        }
+        Rotation::Refused => Err(refused_refresh()),
+    }
+}
+
+/// Sign out: revokes the session the refresh token belongs to.
+#[utoipa::path(post, path = "/auth/logout", tag = "sessions", request_body = RefreshRequest,
+    security(("bearer" = [])),
+    responses((status = 204, description = "Signed out (also when the token was already invalid)"),
+        (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<RefreshRequest>,
+) -> Result<StatusCode, Problem> {
+    let revoked =
+        state.db.revoke_session(&hash_refresh_token(&body.refresh_token), &caller.0.sub, state.clock.now()).await?;
+    if revoked {
+        tracing::info!(user_id = %caller.0.sub, "signed out");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The public keys that verify access tokens, by `kid`.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "sessions",
+    responses((status = 200, description = "A JSON Web Key Set of Ed25519 keys")))]
+pub async fn jwks(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+    let ring = state.keys.ring().await?;
+    Ok(Json(ring.jwks(state.clock.now(), state.settings.access_ttl())))
+}

@@ -1,0 +1,413 @@
+//! Everything the auth service keeps, on SQLite or PostgreSQL.
+//!
+//! Queries are written once (`$n` placeholders work on both engines) and run
+//! against whichever pool the store holds. Invariants are the database's:
+//! usernames are unique by a unique index on the lower-cased name, a refresh
+//! token is spent by a guarded update that only one caller can win, and role
+//! changes that would leave no ADMIN are refused inside the transaction that
+//! makes them.
+
+use chrono::{DateTime, Utc};
+use rewards_kit::clock::{from_micros, to_micros};
+use rewards_kit::identity::Role;
+use rewards_kit::page::{PageRequest, keyset_condition};
+use rewards_kit::store::{Store, is_unique_violation};
+use rewards_kit::{with_pool, with_write_tx};
+
+/// A user as stored (with the password hash, which never leaves the service).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub roles: String,
+    pub referrer_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl UserRecord {
+    pub fn roles(&self) -> Vec<Role> {
+        parse_roles(&self.roles)
+    }
+
+    pub fn created_at(&self) -> DateTime<Utc> {
+        from_micros(self.created_at)
+    }
+}
+
+/// Roles as stored: sorted, de-duplicated, comma-separated.
+pub fn format_roles(roles: &[Role]) -> String {
+    let mut roles = roles.to_vec();
+    roles.sort();
+    roles.dedup();
+    roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+}
+
+pub fn parse_roles(text: &str) -> Vec<Role> {
+    text.split(',').filter_map(|r| r.parse().ok()).collect()
+}
+
+/// A user to create.
+pub struct NewUser<'a> {
+    pub id: &'a str,
+    pub username: &'a str,
+    pub password_hash: &'a str,
+    pub roles: &'a [Role],
+    pub referrer_id: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub id: String,
+    pub created_at: i64,
+    pub actor_id: String,
+    pub actor_name: String,
+    pub entity: String,
+    pub entity_id: String,
+    pub action: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("username taken")]
+    UsernameTaken,
+    #[error("not found")]
+    NotFound,
+    #[error("the last ADMIN cannot lose the role")]
+    LastAdmin,
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug)]
+pub enum Rotation {
+    /// The token was live and is now spent; the new one is stored.
+    Rotated { user: Box<UserRecord>, family_id: String },
+    /// The token had been spent before: its family is now revoked.
+    Replayed { family_id: String },
+    /// Unknown, expired, or of a revoked family.
+    Refused,
+}
+
+/// A signing key as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub secret_key: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub created_at: i64,
+    pub active_from: i64,
+}
+
+/// The auth service's store.
+#[derive(Debug, Clone)]
+pub struct AuthStore {
+    store: Store,
+}
+
+const USER_COLUMNS: &str = "id, username, password_hash, roles, referrer_id, created_at, updated_at";
+
+impl AuthStore {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    pub fn inner(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a user; a username taken in any letter case is refused by the
+    /// unique index, whoever races for it.
+    pub async fn insert_user(&self, user: NewUser<'_>) -> Result<UserRecord, StoreError> {
+        let sql = format!(
+            "INSERT INTO users (id, username, username_key, password_hash, roles, referrer_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {USER_COLUMNS}"
+        );
+        let at = to_micros(user.now);
+        let roles = format_roles(user.roles);
+        let key = user.username.to_lowercase();
+        let result = with_pool!(&self.store, |pool| {
+            sqlx::query_as::<_, UserRecord>(&sql)
+                .bind(user.id)
+                .bind(user.username)
+                .bind(&key)
+                .bind(user.password_hash)
+                .bind(&roles)
+                .bind(user.referrer_id)
+                .bind(at)
+                .fetch_one(pool)
+                .await
+        });
+        result.map_err(|err| if is_unique_violation(&err) { StoreError::UsernameTaken } else { err.into() })
+    }
+
+    pub async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, sqlx::Error> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = $1");
+        let key = username.to_lowercase();
+        with_pool!(&self.store, |pool| sqlx::query_as::<_, UserRecord>(&sql).bind(&key).fetch_optional(pool).await)
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, sqlx::Error> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        with_pool!(&self.store, |pool| sqlx::query_as::<_, UserRecord>(&sql).bind(id).fetch_optional(pool).await)
+    }
+
+    /// Newest first; `role` keeps holders of that role, `q` usernames
+    /// containing it (any case).
+    pub async fn list_users(
+        &self,
+        role: Option<Role>,
+        q: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<UserRecord>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE {keyset} \
+             AND ($3 IS NULL OR (',' || roles || ',') LIKE $3) \
+             AND ($4 IS NULL OR username_key LIKE $4 ESCAPE '\\') \
+             ORDER BY created_at DESC, id DESC LIMIT $5",
+            keyset = keyset_condition(1, 2)
+        );
+        let (at, id) = page.bounds();
+        let role = role.map(|r| format!("%,{},%", r.as_str()));
+        let q = q.map(|q| format!("%{}%", escape_like(&q.to_lowercase())));
+        with_pool!(&self.store, |pool| {
+            sqlx::query_as::<_, UserRecord>(&sql)
+                .bind(at)
+                .bind(&id)
+                .bind(&role)
+                .bind(&q)
+                .bind(page.fetch())
+                .fetch_all(pool)
+                .await
+        })
+    }
+
+    pub async fn any_admin(&self) -> Result<bool, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM users WHERE (',' || roles || ',') LIKE '%,ADMIN,%'";
+        let count: i64 = with_pool!(&self.store, |pool| sqlx::query_scalar(sql).fetch_one(pool).await)?;
+        Ok(count > 0)
+    }
+
+    /// Replaces a user's roles and records the change, in one transaction. A
+    /// change that would leave no ADMIN is refused: the count is taken inside
+    /// the transaction, after the write, where concurrent demotions serialise
+    /// (SQLite's write lock; a PostgreSQL advisory lock for role changes).
+    pub async fn set_roles(
+        &self,
+        username: &str,
+        roles: &[Role],
+        actor: (&str, &str),
+        now: DateTime<Utc>,
+    ) -> Result<(UserRecord, UserRecord), StoreError> {
+        let key = username.to_lowercase();
+        let new_roles = format_roles(roles);
+        let at = to_micros(now);
+        let select = format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = $1");
+        let update =
+            format!("UPDATE users SET roles = $1, updated_at = $2 WHERE username_key = $3 RETURNING {USER_COLUMNS}");
+        let admins = "SELECT COUNT(*) FROM users WHERE (',' || roles || ',') LIKE '%,ADMIN,%'";
+        let is_pg = matches!(self.store, Store::Postgres(_));
+        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
+                     VALUES ($1, $2, $3, $4, 'user', $5, 'roles.update', $6, $7)";
+        let pair = with_write_tx!(&self.store, |tx| {
+            if is_pg {
+                sqlx::query("SELECT pg_advisory_xact_lock(7431001)").execute(&mut *tx).await?;
+            }
+            let before = sqlx::query_as::<_, UserRecord>(&select)
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let after = sqlx::query_as::<_, UserRecord>(&update)
+                .bind(&new_roles)
+                .bind(at)
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await?;
+            let remaining: i64 = sqlx::query_scalar(admins).fetch_one(&mut *tx).await?;
+            if remaining == 0 {
+                return Err(StoreError::LastAdmin);
+            }
+            sqlx::query(audit)
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(at)
+                .bind(actor.0)
+                .bind(actor.1)
+                .bind(&after.id)
+                .bind(serde_json::json!({ "roles": before.roles() }).to_string())
+                .bind(serde_json::json!({ "roles": after.roles() }).to_string())
+                .execute(&mut *tx)
+                .await?;
+            (before, after)
+        });
+        Ok(pair)
+    }
+
+    /// Starts a session: a new token family and its first refresh token.
+    pub async fn create_session(
+        &self,
+        user_id: &str,
+        token_hash: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<String, sqlx::Error> {
+        let family_id = uuid::Uuid::now_v7().to_string();
+        let (at, expires) = (to_micros(now), to_micros(expires_at));
+        with_write_tx!(&self.store, |tx| {
+            sqlx::query("INSERT INTO token_families (id, user_id, created_at) VALUES ($1, $2, $3)")
+                .bind(&family_id)
+                .bind(user_id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, family_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(token_hash)
+            .bind(&family_id)
+            .bind(at)
+            .bind(expires)
+            .execute(&mut *tx)
+            .await?;
+        });
+        Ok(family_id)
+    }
+
+    /// Spends `old_hash` and stores `new_hash` in its family, if the old token
+    /// is live. Of concurrent presentations of one token, the guarded update
+    /// lets exactly one through; the others find it spent, which is a replay:
+    /// the family is revoked.
+    pub async fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Rotation, sqlx::Error> {
+        let (at, expires) = (to_micros(now), to_micros(expires_at));
+        let spend = "UPDATE refresh_tokens SET spent_at = $1 \
+                     WHERE token_hash = $2 AND spent_at IS NULL AND expires_at > $1 \
+                     AND family_id IN (SELECT id FROM token_families WHERE revoked_at IS NULL) \
+                     RETURNING family_id";
+        let user = format!(
+            "SELECT {} FROM users u JOIN token_families f ON f.user_id = u.id WHERE f.id = $1",
+            USER_COLUMNS.split(", ").map(|c| format!("u.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let insert =
+            "INSERT INTO refresh_tokens (token_hash, family_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)";
+        let spent = "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND spent_at IS NOT NULL";
+        let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'refresh token reused' \
+                      WHERE id = $2 AND revoked_at IS NULL";
+        let rotation = with_write_tx!(&self.store, |tx| {
+            let family: Option<String> =
+                sqlx::query_scalar(spend).bind(at).bind(old_hash).fetch_optional(&mut *tx).await?;
+            match family {
+                Some(family_id) => {
+                    let user = sqlx::query_as::<_, UserRecord>(&user).bind(&family_id).fetch_one(&mut *tx).await?;
+                    sqlx::query(insert)
+                        .bind(new_hash)
+                        .bind(&family_id)
+                        .bind(at)
+                        .bind(expires)
+                        .execute(&mut *tx)
+                        .await?;
+                    Rotation::Rotated { user: Box::new(user), family_id }
+                }
+                None => {
+                    let replayed: Option<String> =
+                        sqlx::query_scalar(spent).bind(old_hash).fetch_optional(&mut *tx).await?;
+                    match replayed {
+                        Some(family_id) => {
+                            sqlx::query(revoke).bind(at).bind(&family_id).execute(&mut *tx).await?;
+                            Rotation::Replayed { family_id }
+                        }
+                        None => Rotation::Refused,
+                    }
+                }
+            }
+        });
+        Ok(rotation)
+    }
+
+    /// Revokes the family of `token_hash` if it belongs to `user_id`.
+    pub async fn revoke_session(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'logout' \
+                   WHERE revoked_at IS NULL AND user_id = $2 \
+                   AND id IN (SELECT family_id FROM refresh_tokens WHERE token_hash = $3)";
+        let at = to_micros(now);
+        let done = with_pool!(&self.store, |pool| {
+            sqlx::query(sql).bind(at).bind(user_id).bind(token_hash).execute(pool).await.map(|r| r.rows_affected())
+        })?;
+        Ok(done > 0)
+    }
+
+    pub async fn signing_keys(&self) -> Result<Vec<KeyRecord>, sqlx::Error> {
+        let sql = "SELECT kid, secret_key, public_key, created_at, active_from FROM signing_keys \
+                   ORDER BY active_from DESC, created_at DESC";
+        with_pool!(&self.store, |pool| sqlx::query_as::<_, KeyRecord>(sql).fetch_all(pool).await)
+    }
+
+    pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), sqlx::Error> {
+        let sql = "INSERT INTO signing_keys (kid, secret_key, public_key, created_at, active_from) \
+                   VALUES ($1, $2, $3, $4, $5)";
+        with_pool!(&self.store, |pool| {
+            sqlx::query(sql)
+                .bind(&key.kid)
+                .bind(&key.secret_key)
+                .bind(&key.public_key)
+                .bind(key.created_at)
+                .bind(key.active_from)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+    }
+
+    /// Newest first; filtered by entity kind and actor id.
+    pub async fn list_audit(
+        &self,
+        entity: Option<&str>,
+        actor: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<AuditRecord>, sqlx::Error> {
+        let sql = format!(
+            "SELECT id, created_at, actor_id, actor_name, entity, entity_id, action, before, after FROM audit_log \
+             WHERE {keyset} AND ($3 IS NULL OR entity = $3) AND ($4 IS NULL OR actor_id = $4) \
+             ORDER BY created_at DESC, id DESC LIMIT $5",
+            keyset = keyset_condition(1, 2)
+        );
+        let (at, id) = page.bounds();
+        with_pool!(&self.store, |pool| {
+            sqlx::query_as::<_, AuditRecord>(&sql)
+                .bind(at)
+                .bind(&id)
+                .bind(entity)
+                .bind(actor)
+                .bind(page.fetch())
+                .fetch_all(pool)
+                .await
+        })
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
