@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_signed_identity_verifies_for_the_same_request() {
-        let proof = key().sign(&Method::GET, "/events?limit=5", &alice());
+        let proof = key().sign(&Method::GET, "/events?limit=5", alice());
         assert_eq!(key().verify(&Method::GET, "/events?limit=5", proof.as_bytes()), Ok(alice().into()));
         let anonymous = Vouched { caller: None, client_ip: Some("203.0.113.9".parse().unwrap()) };
         let proof = key().sign(&Method::POST, "/auth/login", anonymous.clone());
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_proof_does_not_carry_over_to_another_method_path_or_key() {
-        let proof = key().sign(&Method::GET, "/events", &alice());
+        let proof = key().sign(&Method::GET, "/events", alice());
         assert_eq!(key().verify(&Method::POST, "/events", proof.as_bytes()), Err(ProofError::BadSignature));
         assert_eq!(key().verify(&Method::GET, "/events/1", proof.as_bytes()), Err(ProofError::BadSignature));
         let other = IdentityKey::from_secret(b"another-secret-another-secret-xx").unwrap();
@@ -352,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_tampered_identity_is_refused() {
-        let proof = key().sign(&Method::GET, "/x", &alice());
+        let proof = key().sign(&Method::GET, "/x", alice());
         let text = proof.to_str().unwrap();
         let parts: Vec<&str> = text.split('.').collect();
         let admin = Identity { roles: vec![Role::Admin], ..alice() };
@@ -364,11 +364,11 @@ mod tests {
     #[test]
     fn stale_and_future_proofs_are_refused() {
         let now = SystemTime::now();
-        let old = key().sign_at(&Method::GET, "/x", &alice(), now - Duration::from_secs(31));
+        let old = key().sign_at(&Method::GET, "/x", alice(), now - Duration::from_secs(31));
         assert_eq!(key().verify_at(&Method::GET, "/x", old.as_bytes(), now), Err(ProofError::Stale));
-        let future = key().sign_at(&Method::GET, "/x", &alice(), now + Duration::from_secs(31));
+        let future = key().sign_at(&Method::GET, "/x", alice(), now + Duration::from_secs(31));
         assert_eq!(key().verify_at(&Method::GET, "/x", future.as_bytes(), now), Err(ProofError::Stale));
-        let fresh = key().sign_at(&Method::GET, "/x", &alice(), now - Duration::from_secs(29));
+        let fresh = key().sign_at(&Method::GET, "/x", alice(), now - Duration::from_secs(29));
         assert!(key().verify_at(&Method::GET, "/x", fresh.as_bytes(), now).is_ok());
     }
 
@@ -382,7 +382,7 @@ mod tests {
     #[test]
     fn short_secrets_are_refused_and_generated_keys_differ() {
         assert!(IdentityKey::from_secret(b"short").is_err());
-        let proof = IdentityKey::generate().sign(&Method::GET, "/", &alice());
+        let proof = IdentityKey::generate().sign(&Method::GET, "/", alice());
         assert!(IdentityKey::generate().verify(&Method::GET, "/", proof.as_bytes()).is_err());
     }
 

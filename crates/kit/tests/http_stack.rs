@@ -151,16 +151,16 @@ async fn a_protected_route_needs_the_gateways_proof() {
     assert_eq!(problem(garbage).await.0, StatusCode::UNAUTHORIZED);
 
     let wrong_key = IdentityKey::from_secret(b"another-secret-another-secret-xyz").unwrap();
-    let proof = wrong_key.sign(&Method::GET, "/me", &alice(vec![Role::Admin]));
+    let proof = wrong_key.sign(&Method::GET, "/me", alice(vec![Role::Admin]));
     let response = app.client.get(app.url("/me")).header(IDENTITY_HEADER, proof).send().await.unwrap();
     assert_eq!(problem(response).await.0, StatusCode::UNAUTHORIZED);
 
     // A proof made for one path does not open another.
-    let proof = key().sign(&Method::GET, "/operators-only", &alice(vec![Role::Operator]));
+    let proof = key().sign(&Method::GET, "/operators-only", alice(vec![Role::Operator]));
     let response = app.client.get(app.url("/me")).header(IDENTITY_HEADER, proof).send().await.unwrap();
     assert_eq!(problem(response).await.0, StatusCode::UNAUTHORIZED);
 
-    let proof = key().sign(&Method::GET, "/me", &alice(vec![Role::User]));
+    let proof = key().sign(&Method::GET, "/me", alice(vec![Role::User]));
     let response = app.client.get(app.url("/me")).header(IDENTITY_HEADER, proof).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap(), json!({ "sub": "u-1", "roles": ["USER"] }));
@@ -170,7 +170,7 @@ async fn a_protected_route_needs_the_gateways_proof() {
 async fn roles_are_enforced_with_403() {
     let app = app().await;
     let call = |roles: Vec<Role>| {
-        let proof = key().sign(&Method::GET, "/operators-only", &alice(roles));
+        let proof = key().sign(&Method::GET, "/operators-only", alice(roles));
         app.client.get(app.url("/operators-only")).header(IDENTITY_HEADER, proof).send()
     };
     let (status, body) = problem(call(vec![Role::User]).await.unwrap()).await;
