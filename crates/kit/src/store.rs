@@ -271,30 +271,6 @@ fn ensure_parent_dir(file: &Path) -> Result<(), StoreError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_the_logs() {
-        assert_eq!(redact_url("postgres://app:s3cret@db:5432/auth"), "postgres://app:***@db:5432/auth");
-        assert_eq!(redact_url("postgres://app@db/auth"), "postgres://app@db/auth");
-        assert_eq!(redact_url("postgres://db/auth?sslmode=disable"), "postgres://db/auth?sslmode=disable");
-        assert_eq!(redact_url("sqlite:./data/auth.db"), "sqlite:./data/auth.db");
-        assert_eq!(redact_url("postgres://u:p@ss@db/x"), "postgres://u:***@db/x");
-    }
-
-    #[test]
-    fn urls_select_the_engine() {
-        assert_eq!(kind_of("sqlite:./data/a.db").unwrap(), StoreKind::Sqlite);
-        assert_eq!(kind_of("sqlite::memory:").unwrap(), StoreKind::Sqlite);
-        assert_eq!(kind_of("postgres://localhost/test").unwrap(), StoreKind::Postgres);
-        assert_eq!(kind_of("postgresql://localhost/test").unwrap(), StoreKind::Postgres);
-        let err = kind_of("mysql://root:pw@localhost/test").unwrap_err().to_string();
-        assert!(err.contains("mysql://root:***@localhost/test"), "{err}");
-    }
-}
-
 /// Runs the same sqlx code against whichever pool a [`Store`] holds. Queries
 /// are written once with `$1, $2, ...` placeholders, which both SQLite and
 /// PostgreSQL understand; `$body` is compiled once per engine.
@@ -340,5 +316,29 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => db.is_unique_violation(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/auth"), "postgres://app:***@db:5432/auth");
+        assert_eq!(redact_url("postgres://app@db/auth"), "postgres://app@db/auth");
+        assert_eq!(redact_url("postgres://db/auth?sslmode=disable"), "postgres://db/auth?sslmode=disable");
+        assert_eq!(redact_url("sqlite:./data/auth.db"), "sqlite:./data/auth.db");
+        assert_eq!(redact_url("postgres://u:p@ss@db/x"), "postgres://u:***@db/x");
+    }
+
+    #[test]
+    fn urls_select_the_engine() {
+        assert_eq!(kind_of("sqlite:./data/a.db").unwrap(), StoreKind::Sqlite);
+        assert_eq!(kind_of("sqlite::memory:").unwrap(), StoreKind::Sqlite);
+        assert_eq!(kind_of("postgres://localhost/test").unwrap(), StoreKind::Postgres);
+        assert_eq!(kind_of("postgresql://localhost/test").unwrap(), StoreKind::Postgres);
+        let err = kind_of("mysql://root:pw@localhost/test").unwrap_err().to_string();
+        assert!(err.contains("mysql://root:***@localhost/test"), "{err}");
     }
 }
