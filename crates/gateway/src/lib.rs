@@ -35,8 +35,7 @@ pub struct Gateway {
     upstreams: Upstreams,
     client: proxy::Client,
     timeout: Duration,
-    /// Signs the verified caller's identity for backends (used once tokens are verified here).
-    #[allow(dead_code)]
+    /// Signs what the gateway vouches for (client address, verified caller).
     identity_key: IdentityKey,
 }
 

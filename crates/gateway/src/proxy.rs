@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use rewards_kit::Problem;
 use rewards_kit::health::Check;
 use rewards_kit::http::KeepBody;
-use rewards_kit::identity::strip_identity_headers;
+use rewards_kit::identity::{IDENTITY_HEADER, Vouched, strip_identity_headers};
 use rewards_kit::problem::ProblemCode;
 use serde_json::{Value, json};
 
@@ -64,8 +64,12 @@ pub async fn forward(
     };
 
     let (mut parts, body) = request.into_parts();
-    parts.uri = uri;
     rewrite_request_headers(&mut parts.headers, peer);
+    // Vouch for the request: the client's address now, its verified identity
+    // once tokens are checked here. Signed over the path the backend sees.
+    let vouched = Vouched { caller: None, client_ip: Some(peer.ip()) };
+    parts.headers.insert(IDENTITY_HEADER, gateway.identity_key.sign(&parts.method, &path_and_query, vouched));
+    parts.uri = uri;
     let outgoing = Request::from_parts(parts, body);
 
     let started = std::time::Instant::now();
@@ -99,7 +103,7 @@ fn rewrite_request_headers(headers: &mut HeaderMap, peer: SocketAddr) {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     // The gateway is the edge: the peer it sees is the client; a client-sent
-    // X-KeepBody-For is not trusted.
+    // X-Forwarded-For is not trusted.
     let peer_ip = HeaderValue::try_from(peer.ip().to_string()).expect("an IP address is a valid header value");
     headers.insert(HeaderName::from_static("x-forwarded-for"), peer_ip);
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));

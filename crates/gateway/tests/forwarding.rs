@@ -43,6 +43,7 @@ fn headers_json(headers: &HeaderMap) -> Value {
 
 struct Setup {
     gateway: TestServer,
+    key: IdentityKey,
     _auth: Option<TestServer>,
     _events: TestServer,
 }
@@ -62,8 +63,9 @@ async fn setup(auth_up: bool, tweak: impl FnOnce(&mut GatewaySettings)) -> Setup
     };
     let mut settings = GatewaySettings { auth_url, events_url: events.base_url.clone(), ..GatewaySettings::default() };
     tweak(&mut settings);
-    let router = rewards_gateway::router(&settings, IdentityKey::generate()).unwrap();
-    Setup { gateway: TestServer::spawn(router).await, _auth: auth, _events: events }
+    let key = IdentityKey::generate();
+    let router = rewards_gateway::router(&settings, key.clone()).unwrap();
+    Setup { gateway: TestServer::spawn(router).await, key, _auth: auth, _events: events }
 }
 
 #[tokio::test]
@@ -104,7 +106,7 @@ async fn client_identity_and_hop_by_hop_headers_never_reach_a_backend() {
         .header("X-User-Roles", "ADMIN")
         .header("X-Rewards-Identity", "v1.forged")
         .header("X-Internal-Token", "guess")
-        .header("X-KeepBody-For", "10.0.0.1")
+        .header("X-Forwarded-For", "10.0.0.1")
         .header("Connection", "keep-alive, x-secret-hop")
         .header("x-secret-hop", "1")
         .header("te", "trailers")
@@ -115,12 +117,16 @@ async fn client_identity_and_hop_by_hop_headers_never_reach_a_backend() {
         .await
         .unwrap();
     let headers = seen["headers"].as_object().unwrap();
-    for name in
-        ["x-user-id", "x-user-roles", "x-rewards-identity", "x-internal-token", "x-secret-hop", "te", "connection"]
-    {
+    for name in ["x-user-id", "x-user-roles", "x-internal-token", "x-secret-hop", "te", "connection"] {
         assert!(!headers.contains_key(name), "{name} was forwarded: {headers:?}");
     }
-    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "a client-sent X-KeepBody-For is replaced");
+    // The only identity header a backend sees is the gateway's own proof:
+    // anonymous here, with the client's address.
+    let proof = headers["x-rewards-identity"].as_str().unwrap();
+    let vouched = s.key.verify(&http::Method::GET, "/users/me", proof.as_bytes()).expect("the gateway's proof");
+    assert_eq!(vouched.caller, None);
+    assert_eq!(vouched.client_ip, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "a client-sent X-Forwarded-For is replaced");
 }
 
 #[tokio::test]
