@@ -124,10 +124,34 @@ async fn up_serves_all_three_stops_cleanly_and_keeps_its_data() {
     let log = first.log_text();
     assert!(log.contains(&format!("http://127.0.0.1:{}", ports.gateway)), "the log says where it listens:\n{log}");
 
+    // The bootstrap admin's generated password is printed once, and works through the gateway.
+    let password = log
+        .lines()
+        .find_map(|l| l.split("with password: ").nth(1))
+        .expect("a generated admin password is printed")
+        .trim()
+        .to_owned();
+    assert!(password.len() >= 16);
+    let login = client
+        .post(format!("http://127.0.0.1:{}/auth-service/auth/login", ports.gateway))
+        .json(&serde_json::json!({ "username": "admin", "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let tokens: Value = login.json().await.unwrap();
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(log.matches(&password).count(), 1, "printed once, never logged");
+
     first.signal("-INT");
     let status = first.wait(Duration::from_secs(25));
     assert_eq!(status.code(), Some(0), "Ctrl-C exits 0; log:\n{}", first.log_text());
     assert!(first.log_text().contains("store closed"));
+
+    // An operator rotates the signing key while the platform is down.
+    let rotated = rewards(&["admin", "rotate-keys"]).env("REWARDS_DATA_DIR", &data).output().unwrap();
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    assert!(String::from_utf8_lossy(&rotated.stdout).contains("added signing key"));
 
     let mut second = up(&data, &ports, &dir.path().join("second.log"));
     wait_healthy(&client, &format!("http://127.0.0.1:{}/health", ports.gateway), &second).await;
@@ -137,6 +161,16 @@ async fn up_serves_all_three_stops_cleanly_and_keeps_its_data() {
         assert_eq!(created(&again), created(&report), "{service} kept its store");
     }
     assert!(second.log_text().contains("store opened"));
+    assert!(!second.log_text().contains("with password"), "the admin exists; nothing is printed again");
+    let jwks: Value = client
+        .get(format!("http://127.0.0.1:{}/auth-service/.well-known/jwks.json", ports.gateway))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "the old and the rotated-in key: {jwks}");
     second.signal("-TERM");
     assert_eq!(second.wait(Duration::from_secs(25)).code(), Some(0), "SIGTERM exits 0");
 }
