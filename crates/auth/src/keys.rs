@@ -43,6 +43,14 @@ pub struct AccessClaims {
 const PKCS8_ED25519_PREFIX: [u8; 16] =
     [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
+/// The signing half of a stored key, as jsonwebtoken takes it.
+pub fn encoding_key(key: &KeyRecord) -> EncodingKey {
+    let mut der = Vec::with_capacity(48);
+    der.extend_from_slice(&PKCS8_ED25519_PREFIX);
+    der.extend_from_slice(&key.secret_key);
+    EncodingKey::from_ed_der(&der)
+}
+
 /// A fresh key that signs from `active_from` on.
 pub fn generate_key(now: DateTime<Utc>, active_from: DateTime<Utc>) -> KeyRecord {
     let seed: [u8; 32] = rand::random();
@@ -163,12 +171,9 @@ impl Keys {
         let key = ring
             .signer(self.clock.now())
             .ok_or_else(|| Problem::internal_from("no active signing key in the auth store"))?;
-        let mut der = Vec::with_capacity(48);
-        der.extend_from_slice(&PKCS8_ED25519_PREFIX);
-        der.extend_from_slice(&key.secret_key);
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&der))
+        jsonwebtoken::encode(&header, claims, &encoding_key(key))
             .map_err(|e| Problem::internal_from(format_args!("signing an access token: {e}")))
     }
 }

@@ -1,28 +1,40 @@
 //! The gateway: the one entry point for all clients.
 //!
-//! It serves its own `/health` and `/ready`, and forwards everything under a
-//! service's prefix (`/auth-service`, `/event-service`) to that service with
-//! the prefix removed, after stripping every identity header a client sent.
-//! Token verification, route rules and the runtime registry build on this.
+//! It keeps a registry of services (prefix, instances, route rules), verifies
+//! access tokens against the auth service's public keys, refuses what the
+//! route rules do not allow, and forwards the rest to a healthy instance with
+//! the caller's identity vouched for by the kit's proof. See [`proxy`] for the
+//! pipeline, phase by phase.
 
+mod admin;
 mod config;
+mod docs;
+mod health;
+mod jwt;
+mod limits;
+mod metrics;
 mod proxy;
-mod upstream;
+pub mod registry;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
+use anyhow::Context;
+use arc_swap::ArcSwap;
 use axum::Extension;
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
-use rewards_kit::health::{self, Readiness};
+use axum::routing::{delete, get};
+use rewards_kit::health::Readiness;
 use rewards_kit::http::RequestId;
 use rewards_kit::identity::IdentityKey;
+use serde_json::Value;
 use tower_http::limit::RequestBodyLimitLayer;
 
 pub use config::GatewaySettings;
-pub use upstream::{Upstream, Upstreams};
+pub use registry::{RegistryFile, ServiceSpec};
+
+use crate::registry::Registry;
 
 /// The service's name in logs.
 pub const NAME: &str = "gateway";
@@ -30,44 +42,122 @@ pub const NAME: &str = "gateway";
 /// The gateway's default port.
 pub const DEFAULT_PORT: u16 = 3000;
 
+/// The built-in registry file.
+pub const DEFAULT_REGISTRY: &str = include_str!("../default-registry.toml");
+
 /// Shared by every request the gateway handles.
 pub struct Gateway {
-    upstreams: Upstreams,
+    registry: ArcSwap<Registry>,
+    /// Serialises registry changes (reads never wait).
+    registry_lock: tokio::sync::Mutex<()>,
     client: proxy::Client,
-    timeout: Duration,
-    /// Signs what the gateway vouches for (client address, verified caller).
+    verifier: jwt::Verifier,
+    limits: limits::Limits,
+    settings: GatewaySettings,
     identity_key: IdentityKey,
+    docs_cache: tokio::sync::Mutex<Option<(Instant, Value)>>,
+    /// The metrics label of requests that match no rule.
+    unmatched: Arc<str>,
 }
 
-/// The gateway's routes and layers.
+/// The registry the gateway starts with: the configured file, or the
+/// built-in one pointed at `auth_url` and `events_url`.
+pub fn initial_registry(settings: &GatewaySettings) -> anyhow::Result<Vec<ServiceSpec>> {
+    match &settings.registry_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(RegistryFile::parse(&text).with_context(|| format!("parsing {}", path.display()))?.services)
+        }
+        None => {
+            let mut services = RegistryFile::parse(DEFAULT_REGISTRY).context("the built-in registry")?.services;
+            for service in &mut services {
+                match service.name.as_str() {
+                    "auth-service" => service.instances = vec![settings.auth_url.clone()],
+                    "event-service" => service.instances = vec![settings.events_url.clone()],
+                    _ => {}
+                }
+            }
+            Ok(services)
+        }
+    }
+}
+
+/// The gateway's routes and layers; starts its background upkeep (health
+/// probes, key refresh), which ends when the router is dropped.
 pub fn router(settings: &GatewaySettings, identity_key: IdentityKey) -> anyhow::Result<Router> {
+    let registry = Registry::build(initial_registry(settings)?, None).map_err(anyhow::Error::msg)?;
+    let jwks_url = match &settings.jwks_url {
+        Some(url) => url.clone(),
+        None => {
+            let auth = registry.service("auth-service").context(
+                "no `auth-service` in the registry: set gateway.jwks_url to where access-token keys are published",
+            )?;
+            format!("{}/.well-known/jwks.json", auth.instances[0].url)
+        }
+    };
+    let client = proxy::client();
+    let verifier = jwt::Verifier::new(
+        jwks_url.parse().with_context(|| format!("invalid JWKS URL `{jwks_url}`"))?,
+        client.clone(),
+        &settings.issuer,
+        &settings.audience,
+        settings.token_cache_size,
+    );
+    metrics::handle();
     let gateway = Arc::new(Gateway {
-        upstreams: Upstreams::from_settings(settings)?,
-        client: proxy::client(),
-        timeout: Duration::from_millis(settings.timeout_ms),
+        registry: ArcSwap::from_pointee(registry),
+        registry_lock: tokio::sync::Mutex::new(()),
+        client,
+        verifier,
+        limits: limits::Limits::new(settings),
+        settings: settings.clone(),
         identity_key,
+        docs_cache: tokio::sync::Mutex::new(None),
+        unmatched: Arc::from("unmatched"),
     });
+    tokio::spawn(health::run(Arc::downgrade(&gateway)));
     let routes = Router::new()
-        .route("/health", get(health::health))
+        .route("/health", get(rewards_kit::health::health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics::serve))
+        .route("/openapi.json", get(docs::openapi))
+        .route("/gateway/services", get(admin::list).post(admin::register))
+        .route("/gateway/services/{name}", delete(admin::remove))
         .fallback(proxy::forward)
         .with_state(gateway)
+        .merge(docs::swagger_ui())
         .layer(RequestBodyLimitLayer::new(settings.body_limit));
     Ok(rewards_kit::http::gateway_stack(routes))
 }
 
-/// Ready when every backend service reports ready. The probes run
-/// concurrently: a slow backend must not delay the others' reports.
+/// Ready when every service has an instance whose `/ready` answers; the
+/// report lists each instance with the health checker's verdict.
 async fn ready(State(gateway): State<Arc<Gateway>>, Extension(RequestId(id)): Extension<RequestId>) -> Readiness {
+    let registry = gateway.registry.load_full();
     let mut probes = tokio::task::JoinSet::new();
-    for upstream in gateway.upstreams.iter().cloned() {
-        let client = gateway.client.clone();
-        let id = id.clone();
-        probes.spawn(async move { (upstream.name.clone(), proxy::probe_ready(&client, &upstream, &id).await) });
+    for service in registry.services() {
+        for instance in service.instances.iter().cloned() {
+            let (client, id, name) = (gateway.client.clone(), id.clone(), service.name.clone());
+            probes.spawn(async move { (name, proxy::probe_ready(&client, &instance, &id).await) });
+        }
+    }
+    let mut by_service: std::collections::BTreeMap<Arc<str>, Vec<rewards_kit::health::Check>> = Default::default();
+    while let Some(Ok((name, check))) = probes.join_next().await {
+        by_service.entry(name).or_default().push(check);
     }
     let mut readiness = Readiness::default();
-    while let Some(Ok((name, check))) = probes.join_next().await {
-        readiness = readiness.with(name, check);
+    for (name, mut checks) in by_service {
+        checks.sort_by(|a, b| a.details["url"].as_str().cmp(&b.details["url"].as_str()));
+        let up = checks.iter().any(|c| c.status == rewards_kit::health::CheckStatus::Up);
+        // One instance: its report as it is; several: each listed.
+        let check = if checks.len() == 1 {
+            checks.pop().expect("one check")
+        } else {
+            let details = serde_json::json!({ "instances": checks });
+            if up { rewards_kit::health::Check::up(details) } else { rewards_kit::health::Check::down(details) }
+        };
+        let check = rewards_kit::health::Check { status: if up { check.status } else { rewards_kit::health::CheckStatus::Down }, ..check };
+        readiness = readiness.with(name.to_string(), check);
     }
     readiness
 }

@@ -26,6 +26,10 @@ pub struct RouteRule {
     pub public: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<Role>,
+    /// How long the gateway waits for the backend on this route (default:
+    /// the gateway's `timeout_ms`).
+    #[serde(default, rename = "timeoutMs", alias = "timeout_ms", skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Every role a user account can hold: "any signed-in user".
@@ -33,11 +37,17 @@ pub const SIGNED_IN: &[Role] = &[Role::User, Role::Operator, Role::Auditor, Role
 
 impl RouteRule {
     pub fn public(method: Method, path: &str) -> Self {
-        Self { method: method.as_str().to_owned(), path: path.to_owned(), public: true, roles: Vec::new() }
+        Self { method: method.as_str().to_owned(), path: path.to_owned(), public: true, roles: Vec::new(), timeout_ms: None }
     }
 
     pub fn roles(method: Method, path: &str, roles: &[Role]) -> Self {
-        Self { method: method.as_str().to_owned(), path: path.to_owned(), public: false, roles: roles.to_vec() }
+        Self {
+            method: method.as_str().to_owned(),
+            path: path.to_owned(),
+            public: false,
+            roles: roles.to_vec(),
+            timeout_ms: None,
+        }
     }
 
     /// Whether the rule is well-formed: a known method, a path starting with
@@ -51,6 +61,9 @@ impl RouteRule {
         }
         if self.public != self.roles.is_empty() {
             return Err(format!("{} {}: a rule is either public or names roles", self.method, self.path));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(format!("{} {}: timeoutMs must be positive", self.method, self.path));
         }
         Ok(())
     }
@@ -74,10 +87,11 @@ impl RouteRule {
         }
     }
 
-    /// Literal segments rank before parameters, so `/reward-claims/me` wins
-    /// over `/reward-claims/{id}`.
-    fn specificity(&self) -> Vec<bool> {
-        segments(&self.path).map(is_param).collect()
+    /// Among rules matching one path, the lowest rank is the most specific:
+    /// literal segments rank before parameters, earlier segments first, so
+    /// `/reward-claims/me` wins over `/reward-claims/{id}`.
+    pub fn rank(&self) -> u64 {
+        segments(&self.path).take(64).enumerate().filter(|(_, s)| is_param(s)).fold(0, |acc, (i, _)| acc | (1 << (63 - i)))
     }
 }
 
@@ -103,7 +117,7 @@ fn pattern_matches(pattern: &str, path: &str) -> bool {
 
 /// The most specific rule for `method path`, if any.
 pub fn find<'r>(rules: &'r [RouteRule], method: &Method, path: &str) -> Option<&'r RouteRule> {
-    rules.iter().filter(|r| r.matches(method, path)).min_by_key(|r| r.specificity())
+    rules.iter().filter(|r| r.matches(method, path)).min_by_key(|r| r.rank())
 }
 
 /// Whether any rule (of any method) covers `path` — a path known to the

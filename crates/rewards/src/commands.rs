@@ -24,6 +24,9 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     let gateway_addr = gateway_listener.local_addr()?;
     settings.gateway.auth_url = format!("http://{auth_addr}");
     settings.gateway.events_url = format!("http://{events_addr}");
+    // In one process the gateway expects exactly the tokens its auth signs.
+    settings.gateway.issuer = settings.auth.issuer.clone();
+    settings.gateway.audience = settings.auth.audience.clone();
 
     let auth = rewards_auth::open(&settings.auth, &settings.auth_database_url(), SharedClock::system()).await?;
     let events = rewards_events::open(&settings.events_database_url(), &settings.events.store_options()).await?;

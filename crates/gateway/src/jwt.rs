@@ -1,0 +1,201 @@
+//! Access-token verification against the auth service's JWKS.
+//!
+//! Only EdDSA is accepted (an algorithm allow-list per key: every published
+//! key is Ed25519); `exp`, `nbf`, `iss` and `aud` are checked. Keys are
+//! fetched at start, refetched when a token names an unknown `kid` (at most
+//! once per [`REFETCH_GAP`], so garbage `kid`s cannot make us hammer the auth
+//! service), and refreshed periodically. A verified token is remembered until
+//! it expires, so a client's many requests cost one signature check.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::http::{Request, Uri};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rewards_kit::Problem;
+use rewards_kit::identity::{Identity, Role};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::proxy::Client;
+
+/// The shortest time between two JWKS fetches triggered by unknown `kid`s.
+const REFETCH_GAP: Duration = Duration::from_secs(5);
+const SHARDS: usize = 16;
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    username: String,
+    roles: Vec<Role>,
+    exp: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Jwk {
+    kid: Option<String>,
+    kty: String,
+    crv: Option<String>,
+    x: Option<String>,
+    alg: Option<String>,
+}
+
+/// A verified token's identity, remembered until the token expires.
+type Entry = (Arc<Identity>, i64);
+
+pub struct Verifier {
+    jwks_url: Uri,
+    client: Client,
+    keys: ArcSwap<HashMap<String, DecodingKey>>,
+    last_fetch: Mutex<Option<Instant>>,
+    validation: Validation,
+    cache: Vec<RwLock<HashMap<Box<str>, Entry>>>,
+    per_shard: usize,
+}
+
+impl Verifier {
+    pub fn new(jwks_url: Uri, client: Client, issuer: &str, audience: &str, cache_size: usize) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        Self {
+            jwks_url,
+            client,
+            keys: ArcSwap::from_pointee(HashMap::new()),
+            last_fetch: Mutex::new(None),
+            validation,
+            cache: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            per_shard: (cache_size / SHARDS).max(1),
+        }
+    }
+
+    /// The caller a bearer token proves, or 401.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Problem> {
+        let now = chrono::Utc::now().timestamp();
+        let shard = &self.cache[shard_of(token)];
+        if let Some((identity, exp)) = shard.read().expect("token cache").get(token)
+            && *exp > now
+        {
+            return Ok(identity.clone());
+        }
+        let (identity, exp) = self.verify_signature(token).await?;
+        let identity = Arc::new(identity);
+        let mut entries = shard.write().expect("token cache");
+        if entries.len() >= self.per_shard {
+            entries.retain(|_, (_, exp)| *exp > now);
+            if entries.len() >= self.per_shard {
+                entries.clear();
+            }
+        }
+        entries.insert(token.into(), (identity.clone(), exp));
+        Ok(identity)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<(Identity, i64), Problem> {
+        let invalid = |why: &str| Problem::unauthenticated(format!("invalid access token: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid("unsupported algorithm"));
+        }
+        let kid = header.kid.ok_or_else(|| invalid("no key id"))?;
+        let key = match self.key(&kid) {
+            Some(key) => key,
+            None => {
+                self.refetch_for_unknown_kid().await;
+                self.key(&kid).ok_or_else(|| invalid("unknown signing key"))?
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => invalid("expired"),
+                ErrorKind::ImmatureSignature => invalid("not yet valid"),
+                ErrorKind::InvalidAudience => invalid("wrong audience"),
+                ErrorKind::InvalidIssuer => invalid("wrong issuer"),
+                _ => invalid("signature or claims do not verify"),
+            }
+        })?;
+        let claims = data.claims;
+        Ok((Identity { sub: claims.sub, username: claims.username, roles: claims.roles }, claims.exp))
+    }
+
+    fn key(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys.load().get(kid).cloned()
+    }
+
+    async fn refetch_for_unknown_kid(&self) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < REFETCH_GAP) {
+            return;
+        }
+        *last = Some(Instant::now());
+        drop(last);
+        self.refresh().await;
+    }
+
+    /// Fetches the JWKS now; keeps the known keys when the fetch fails.
+    pub async fn refresh(&self) -> bool {
+        match self.fetch().await {
+            Ok(keys) => {
+                tracing::debug!(keys = keys.len(), "fetched the JWKS");
+                self.keys.store(Arc::new(keys));
+                true
+            }
+            Err(err) => {
+                tracing::warn!(url = %self.jwks_url, error = %err, "could not fetch the JWKS");
+                false
+            }
+        }
+    }
+
+    async fn fetch(&self) -> anyhow::Result<HashMap<String, DecodingKey>> {
+        let request = Request::get(self.jwks_url.clone()).body(Body::empty())?;
+        let response = tokio::time::timeout(Duration::from_secs(3), self.client.request(request)).await??;
+        anyhow::ensure!(response.status().is_success(), "status {}", response.status());
+        let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+        let jwks: Jwks = serde_json::from_slice(&body)?;
+        let mut keys = HashMap::new();
+        for jwk in jwks.keys {
+            // The allow-list: Ed25519 keys for EdDSA, nothing else.
+            let eddsa = jwk.kty == "OKP" && jwk.crv.as_deref() == Some("Ed25519") && jwk.alg.as_deref().is_none_or(|a| a == "EdDSA");
+            if let (true, Some(kid), Some(x)) = (eddsa, jwk.kid, jwk.x) {
+                keys.insert(kid, DecodingKey::from_ed_components(&x)?);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Forgets expired tokens (called now and then).
+    pub fn sweep(&self) {
+        let now = chrono::Utc::now().timestamp();
+        for shard in &self.cache {
+            shard.write().expect("token cache").retain(|_, (_, exp)| *exp > now);
+        }
+    }
+}
+
+fn shard_of(token: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    token.hash(&mut hasher);
+    (hasher.finish() as usize) % SHARDS
+}
+
+/// The token of an `Authorization: Bearer ...` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
