@@ -4,6 +4,8 @@
 //! `migrations/`) and trusts a caller's identity only through the gateway's
 //! proof, verified by the kit's layer stack.
 
+pub mod rules;
+
 use axum::Router;
 use rewards_kit::identity::IdentityKey;
 use rewards_kit::store::{Migrations, Store, StoreOptions};
@@ -36,5 +38,6 @@ pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<AppState>
 /// The service's routes inside the kit's layer stack.
 pub fn router(state: AppState, key: IdentityKey, body_limit: usize) -> Router {
     let routes = rewards_kit::service::ops_routes(state.store.clone());
+    let routes = rewards_kit::rules::enforced(routes, rules::route_rules());
     rewards_kit::http::service_stack(NAME, routes, key, body_limit)
 }

@@ -90,5 +90,6 @@ async fn fetch(gateway: &Gateway, service: &Service) -> Option<Value> {
         return None;
     }
     let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
-    serde_json::from_slice(&body).ok()
+    let doc: Value = serde_json::from_slice(&body).ok()?;
+    doc.get("openapi").is_some().then_some(doc)
 }

@@ -170,7 +170,9 @@ impl Verifier {
         let mut keys = HashMap::new();
         for jwk in jwks.keys {
             // The allow-list: Ed25519 keys for EdDSA, nothing else.
-            let eddsa = jwk.kty == "OKP" && jwk.crv.as_deref() == Some("Ed25519") && jwk.alg.as_deref().is_none_or(|a| a == "EdDSA");
+            let eddsa = jwk.kty == "OKP"
+                && jwk.crv.as_deref() == Some("Ed25519")
+                && jwk.alg.as_deref().is_none_or(|a| a == "EdDSA");
             if let (true, Some(kid), Some(x)) = (eddsa, jwk.kid, jwk.x) {
                 keys.insert(kid, DecodingKey::from_ed_components(&x)?);
             }

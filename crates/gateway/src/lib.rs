@@ -85,7 +85,16 @@ pub fn initial_registry(settings: &GatewaySettings) -> anyhow::Result<Vec<Servic
 /// The gateway's routes and layers; starts its background upkeep (health
 /// probes, key refresh), which ends when the router is dropped.
 pub fn router(settings: &GatewaySettings, identity_key: IdentityKey) -> anyhow::Result<Router> {
-    let registry = Registry::build(initial_registry(settings)?, None).map_err(anyhow::Error::msg)?;
+    router_with_registry(settings, identity_key, initial_registry(settings)?)
+}
+
+/// [`router`] with the given services instead of the configured registry.
+pub fn router_with_registry(
+    settings: &GatewaySettings,
+    identity_key: IdentityKey,
+    services: Vec<ServiceSpec>,
+) -> anyhow::Result<Router> {
+    let registry = Registry::build(services, None).map_err(anyhow::Error::msg)?;
     let jwks_url = match &settings.jwks_url {
         Some(url) => url.clone(),
         None => {
@@ -136,8 +145,9 @@ async fn ready(State(gateway): State<Arc<Gateway>>, Extension(RequestId(id)): Ex
     let registry = gateway.registry.load_full();
     let mut probes = tokio::task::JoinSet::new();
     for service in registry.services() {
-        for instance in service.instances.iter().cloned() {
-            let (client, id, name) = (gateway.client.clone(), id.clone(), service.name.clone());
+        for instance in &service.instances {
+            let (client, id, name, instance) =
+                (gateway.client.clone(), id.clone(), service.name.clone(), instance.clone());
             probes.spawn(async move { (name, proxy::probe_ready(&client, &instance, &id).await) });
         }
     }
@@ -156,7 +166,10 @@ async fn ready(State(gateway): State<Arc<Gateway>>, Extension(RequestId(id)): Ex
             let details = serde_json::json!({ "instances": checks });
             if up { rewards_kit::health::Check::up(details) } else { rewards_kit::health::Check::down(details) }
         };
-        let check = rewards_kit::health::Check { status: if up { check.status } else { rewards_kit::health::CheckStatus::Down }, ..check };
+        let check = rewards_kit::health::Check {
+            status: if up { check.status } else { rewards_kit::health::CheckStatus::Down },
+            ..check
+        };
         readiness = readiness.with(name.to_string(), check);
     }
     readiness

@@ -69,7 +69,12 @@ mod tests {
 
     #[test]
     fn bursts_pass_and_then_429_with_retry_after() {
-        let settings = GatewaySettings { rate_per_address: 1, burst_per_address: 3, rate_per_user: 0, ..GatewaySettings::default() };
+        let settings = GatewaySettings {
+            rate_per_address: 1,
+            burst_per_address: 3,
+            rate_per_user: 0,
+            ..GatewaySettings::default()
+        };
         let limits = Limits::new(&settings);
         let addr: IpAddr = "203.0.113.5".parse().unwrap();
         for _ in 0..3 {

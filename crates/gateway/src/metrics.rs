@@ -47,8 +47,11 @@ pub fn record(service: &Arc<str>, route: &Arc<str>, upstream: Option<&Arc<str>>,
 }
 
 pub fn instance_health(service: &Arc<str>, url: &Arc<str>, healthy: bool) {
-    metrics::gauge!(INSTANCE_HEALTHY, "service" => service.clone(), "instance" => url.clone())
-        .set(if healthy { 1.0 } else { 0.0 });
+    metrics::gauge!(INSTANCE_HEALTHY, "service" => service.clone(), "instance" => url.clone()).set(if healthy {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 fn status_label(status: StatusCode) -> &'static str {

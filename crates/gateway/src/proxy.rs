@@ -104,7 +104,11 @@ async fn admit(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .is_some_and(|len| len > gateway.settings.body_limit as u64);
     if too_large {
-        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::PayloadTooLarge, "the request body is too large"));
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ProblemCode::PayloadTooLarge,
+            "the request body is too large",
+        ));
     }
     Ok(identity)
 }
@@ -227,7 +231,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub async fn probe_ready(client: &Client, instance: &Instance, request_id: &str) -> Check {
     let url = instance.url.to_string();
     let details = |extra: Value| {
-        let mut base = json!({ "url": url, "healthy": instance.is_healthy(), "lastCheckedAt": instance.last_checked() });
+        let mut base =
+            json!({ "url": url, "healthy": instance.is_healthy(), "lastCheckedAt": instance.last_checked() });
         if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
             base.extend(extra);
         }
@@ -247,7 +252,8 @@ pub async fn probe_ready(client: &Client, instance: &Instance, request_id: &str)
     };
     let ok = response.status().is_success();
     let body = http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
-    let checks = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("checks").cloned()).unwrap_or(Value::Null);
+    let checks =
+        serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("checks").cloned()).unwrap_or(Value::Null);
     let details = details(json!({ "checks": checks }));
     if ok { Check::up(details) } else { Check::down(details) }
 }

@@ -63,7 +63,12 @@ impl Instance {
             return Err(format!("`{url}`: an instance URL has no path"));
         }
         // Optimistic: a new instance takes traffic until a probe says otherwise.
-        Ok(Self { url: Arc::from(url.trim_end_matches('/')), authority, healthy: AtomicBool::new(true), last_checked: Mutex::new(None) })
+        Ok(Self {
+            url: Arc::from(url.trim_end_matches('/')),
+            authority,
+            healthy: AtomicBool::new(true),
+            last_checked: Mutex::new(None),
+        })
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -181,7 +186,7 @@ impl Registry {
                 next: AtomicUsize::new(0),
             }));
         }
-        services.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        services.sort_by_key(|s| std::cmp::Reverse(s.prefix.len()));
         Ok(Self { services })
     }
 
@@ -223,7 +228,9 @@ fn validate(spec: &ServiceSpec) -> Result<(), String> {
     }
     let prefix = spec.prefix.trim_end_matches('/');
     let segments_ok = prefix.starts_with('/')
-        && prefix[1..].split('/').all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+        && prefix[1..]
+            .split('/')
+            .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
     if !segments_ok {
         return Err(format!("{}: prefix `{}` must be a path such as `/event-service`", spec.name, spec.prefix));
     }
@@ -262,7 +269,10 @@ mod tests {
     #[test]
     fn prefixes_match_on_segment_boundaries_and_the_longest_wins() {
         let registry = Registry::build(
-            vec![spec("events", "/event-service", &["http://a:1"]), spec("events-v2", "/event-service/v2", &["http://b:1"])],
+            vec![
+                spec("events", "/event-service", &["http://a:1"]),
+                spec("events-v2", "/event-service/v2", &["http://b:1"]),
+            ],
             None,
         )
         .unwrap();
@@ -296,7 +306,8 @@ mod tests {
 
     #[test]
     fn round_robin_skips_unhealthy_instances_and_health_survives_a_rebuild() {
-        let registry = Registry::build(vec![spec("s", "/s", &["http://a:1", "http://b:1", "http://c:1"])], None).unwrap();
+        let registry =
+            Registry::build(vec![spec("s", "/s", &["http://a:1", "http://b:1", "http://c:1"])], None).unwrap();
         let service = registry.service("s").unwrap();
         service.instances[1].set_healthy(false, Utc::now());
         let picks: Vec<String> = (0..4).map(|_| service.pick(None).unwrap().url.to_string()).collect();

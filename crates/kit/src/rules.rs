@@ -37,7 +37,13 @@ pub const SIGNED_IN: &[Role] = &[Role::User, Role::Operator, Role::Auditor, Role
 
 impl RouteRule {
     pub fn public(method: Method, path: &str) -> Self {
-        Self { method: method.as_str().to_owned(), path: path.to_owned(), public: true, roles: Vec::new(), timeout_ms: None }
+        Self {
+            method: method.as_str().to_owned(),
+            path: path.to_owned(),
+            public: true,
+            roles: Vec::new(),
+            timeout_ms: None,
+        }
     }
 
     pub fn roles(method: Method, path: &str, roles: &[Role]) -> Self {
@@ -91,7 +97,11 @@ impl RouteRule {
     /// literal segments rank before parameters, earlier segments first, so
     /// `/reward-claims/me` wins over `/reward-claims/{id}`.
     pub fn rank(&self) -> u64 {
-        segments(&self.path).take(64).enumerate().filter(|(_, s)| is_param(s)).fold(0, |acc, (i, _)| acc | (1 << (63 - i)))
+        segments(&self.path)
+            .take(64)
+            .enumerate()
+            .filter(|(_, s)| is_param(s))
+            .fold(0, |acc, (i, _)| acc | (1 << (63 - i)))
     }
 }
 

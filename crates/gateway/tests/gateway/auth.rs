@@ -1,0 +1,109 @@
+//! Every way an access token can be wrong is 401 and never forwarded.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use rewards_auth::keys::{AccessClaims, encoding_key, generate_key};
+use rewards_kit::identity::Role;
+use serde_json::json;
+
+use crate::support::*;
+
+fn claims(exp_in: i64) -> AccessClaims {
+    let now = chrono::Utc::now().timestamp();
+    AccessClaims {
+        sub: "u-1".into(),
+        username: "forger".into(),
+        roles: vec![Role::Admin],
+        iss: "rewards-auth".into(),
+        aud: "rewards".into(),
+        iat: now,
+        nbf: now,
+        exp: now + exp_in,
+        jti: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401_with_a_bearer_challenge_and_never_forwarded() {
+    let gw = TestGateway::start().await;
+    let t = gw.tokens().await;
+    let ring = gw.auth.keys.ring().await.unwrap();
+    let real = ring.signer(chrono::Utc::now()).unwrap().clone();
+    let sign_with = |key: &rewards_auth::store::KeyRecord, claims: &AccessClaims| {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &encoding_key(key)).unwrap()
+    };
+
+    let expired = sign_with(&real, &claims(-120));
+    let wrong_audience = sign_with(&real, &AccessClaims { aud: "someone-else".into(), ..claims(600) });
+    let wrong_issuer = sign_with(&real, &AccessClaims { iss: "evil".into(), ..claims(600) });
+    let not_yet = sign_with(&real, &AccessClaims { nbf: chrono::Utc::now().timestamp() + 600, ..claims(1200) });
+    let stranger = generate_key(chrono::Utc::now(), chrono::Utc::now());
+    let unknown_kid = sign_with(&stranger, &claims(600));
+    let mut parts: Vec<String> = t.user.split('.').map(str::to_owned).collect();
+    let mut payload: serde_json::Value = serde_json::from_slice(&B64.decode(&parts[1]).unwrap()).unwrap();
+    payload["roles"] = json!(["ADMIN"]);
+    parts[1] = B64.encode(payload.to_string());
+    let tampered = parts.join(".");
+    let alg_none = format!(
+        "{}.{}.",
+        B64.encode(json!({ "alg": "none", "typ": "JWT", "kid": real.kid }).to_string()),
+        B64.encode(serde_json::to_string(&claims(600)).unwrap())
+    );
+    // The public key used as an HMAC secret: the classic algorithm confusion.
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some(real.kid.clone());
+    let confused = jsonwebtoken::encode(&hs_header, &claims(600), &EncodingKey::from_secret(&real.public_key)).unwrap();
+
+    let before = gw.echo.hits();
+    for (what, token) in [
+        ("garbage", "not-a-jwt".to_owned()),
+        ("expired", expired),
+        ("wrong audience", wrong_audience),
+        ("wrong issuer", wrong_issuer),
+        ("not yet valid", not_yet),
+        ("unknown kid", unknown_kid),
+        ("tampered", tampered),
+        ("alg none", alg_none),
+        ("HS256 with the public key", confused),
+    ] {
+        let response = gw.call(Method::GET, "/echo/items/1", Some(&token)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{what}");
+        problem(response, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    }
+    let basic = gw
+        .call(Method::GET, "/echo/items/1", None)
+        .header("authorization", "Basic YWRtaW46YWRtaW4=")
+        .send()
+        .await
+        .unwrap();
+    problem(basic, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    assert_eq!(gw.echo.hits(), before, "no refused request reached the backend");
+
+    // A stale token on a public route is ignored rather than refused.
+    let public = gw.call(Method::GET, "/echo/public", Some("not-a-jwt")).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_when_a_token_names_it() {
+    let gw = TestGateway::start().await;
+    let t = gw.tokens().await;
+    assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&t.user)).send().await.unwrap().status(), StatusCode::OK);
+
+    rewards_auth::keys::rotate(&gw.auth.db, chrono::Utc::now(), chrono::Duration::zero()).await.unwrap();
+    gw.auth.keys.reload().await.unwrap();
+    let fresh = gw.login("gw_user", "password-123").await;
+    let new_kid = jsonwebtoken::decode_header(&fresh).unwrap().kid.unwrap();
+    assert_ne!(Some(new_kid), jsonwebtoken::decode_header(&t.user).unwrap().kid);
+    assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&fresh)).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        gw.call(Method::GET, "/echo/items/1", Some(&t.user)).send().await.unwrap().status(),
+        StatusCode::OK,
+        "the old key still verifies"
+    );
+}

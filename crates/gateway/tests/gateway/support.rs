@@ -1,0 +1,186 @@
+//! A gateway with a real auth service behind it, echo backends, and users of
+//! every role.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::routing::{any, get};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use rewards_auth::AuthSettings;
+use rewards_gateway::{GatewaySettings, RegistryFile, ServiceSpec};
+use rewards_kit::clock::SharedClock;
+use rewards_kit::config::Secret;
+use rewards_kit::identity::IdentityKey;
+use rewards_kit::testing::{TestServer, TestStore};
+use serde_json::{Value, json};
+
+pub const ADMIN_PASSWORD: &str = "gateway-admin-pw";
+
+/// A backend that answers with what it received and counts its requests.
+pub struct Echo {
+    pub server: TestServer,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    pub async fn start(name: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, listener).await
+    }
+
+    pub async fn start_on(name: &'static str, listener: tokio::net::TcpListener) -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let router = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route("/ready", get(|| async { axum::Json(json!({ "status": "ready", "checks": {} })) }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    "late"
+                }),
+            )
+            .fallback(any(move |request: Request| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let (parts, body) = request.into_parts();
+                    let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                    let headers: serde_json::Map<String, Value> = parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or(""))))
+                        .collect();
+                    axum::Json(json!({
+                        "instance": name,
+                        "method": parts.method.as_str(),
+                        "uri": parts.uri.to_string(),
+                        "headers": headers,
+                        "bodyLength": body.len(),
+                    }))
+                }
+            }));
+        Self { server: TestServer::spawn_on(listener, router).await, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// The echo service's rules: one of each kind.
+pub fn echo_spec(instances: Vec<String>) -> ServiceSpec {
+    serde_json::from_value(json!({
+        "name": "echo",
+        "prefix": "/echo",
+        "instances": instances,
+        "routes": [
+            { "method": "GET", "path": "/public", "public": true },
+            { "method": "POST", "path": "/upload", "public": true },
+            { "method": "GET", "path": "/items/{id}", "roles": ["USER", "OPERATOR", "AUDITOR", "ADMIN"] },
+            { "method": "POST", "path": "/items", "roles": ["OPERATOR", "ADMIN"] },
+            { "method": "GET", "path": "/admin-only", "roles": ["ADMIN"] },
+            { "method": "GET", "path": "/slow", "roles": ["USER"], "timeoutMs": 200 },
+        ]
+    }))
+    .unwrap()
+}
+
+pub struct TestGateway {
+    pub gateway: TestServer,
+    pub key: IdentityKey,
+    pub auth: rewards_auth::AppState,
+    _auth_server: TestServer,
+    pub echo: Echo,
+    _store: TestStore,
+}
+
+pub struct Tokens {
+    pub user: String,
+    pub operator: String,
+    pub auditor: String,
+    pub admin: String,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut GatewaySettings)) -> Self {
+        let store = TestStore::sqlite().await;
+        let auth_settings = AuthSettings { admin_password: Secret::new(ADMIN_PASSWORD), ..AuthSettings::for_tests() };
+        let auth = rewards_auth::open(&auth_settings, &store.url, SharedClock::system()).await.unwrap();
+        let key = IdentityKey::generate();
+        let auth_server = TestServer::spawn(rewards_auth::router(auth.clone(), key.clone())).await;
+        let echo = Echo::start("echo-a").await;
+
+        let mut settings = GatewaySettings {
+            health_interval_ms: 100,
+            rate_per_address: 0,
+            rate_per_user: 0,
+            auth_url: auth_server.base_url.clone(),
+            ..GatewaySettings::default()
+        };
+        tweak(&mut settings);
+        let mut services = RegistryFile::parse(rewards_gateway::DEFAULT_REGISTRY).unwrap().services;
+        services.retain(|s| s.name == "auth-service");
+        services[0].instances = vec![auth_server.base_url.clone()];
+        services.push(echo_spec(vec![echo.server.base_url.clone()]));
+        let router = rewards_gateway::router_with_registry(&settings, key.clone(), services).unwrap();
+        let gateway = TestServer::spawn(router).await;
+        Self { gateway, key, auth, _auth_server: auth_server, echo, _store: store }
+    }
+
+    pub fn call(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let request = self.gateway.client.request(method, self.gateway.url(path));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let response = self
+            .call(Method::POST, "/auth-service/auth/login", None)
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "login {username}");
+        response.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Accounts of every role, registered through the gateway by the admin.
+    pub async fn tokens(&self) -> Tokens {
+        let admin = self.login("admin", ADMIN_PASSWORD).await;
+        for (name, role) in [("gw_user", "USER"), ("gw_operator", "OPERATOR"), ("gw_auditor", "AUDITOR")] {
+            let response = self
+                .call(Method::POST, "/auth-service/users/register", Some(&admin))
+                .json(&json!({ "username": name, "password": "password-123", "roles": [role] }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::CREATED, "register {name}");
+        }
+        Tokens {
+            user: self.login("gw_user", "password-123").await,
+            operator: self.login("gw_operator", "password-123").await,
+            auditor: self.login("gw_auditor", "password-123").await,
+            admin,
+        }
+    }
+}
+
+pub async fn problem(response: reqwest::Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
