@@ -142,14 +142,24 @@ async fn relay(
     let timeout = route.timeout.unwrap_or(Duration::from_millis(gateway.settings.timeout_ms));
     // Bodiless requests may be retried once on another instance when the
     // first cannot be reached (nothing was sent, so nothing happens twice).
-    let retryable = matches!(parts.method, Method::GET | Method::HEAD) && body_is_empty(&parts.headers);
-    let mut body = Some(body);
+    let retryable = service.instances.len() > 1
+        && matches!(parts.method, Method::GET | Method::HEAD)
+        && body_is_empty(&parts.headers);
+    // The request head is kept for a retry only when one is possible.
+    let mut spare = retryable.then(|| parts.clone());
+    let mut next = Some(Request::from_parts(parts, body));
     loop {
         let uri = match instance.uri(&path_and_query) {
             Ok(uri) => uri,
             Err(_) => return (Problem::not_found("no route for this path").into_response(), None),
         };
-        let mut outgoing = Request::from_parts(parts.clone(), body.take().unwrap_or_default());
+        let mut outgoing = match next.take() {
+            Some(request) => request,
+            None => match spare.take() {
+                Some(parts) => Request::from_parts(parts, Body::empty()),
+                None => return (Problem::unavailable(format!("{} is unreachable", service.name), 1).into_response(), None),
+            },
+        };
         *outgoing.uri_mut() = uri;
         match tokio::time::timeout(timeout, gateway.client.request(outgoing)).await {
             Ok(Ok(response)) => {

@@ -1,6 +1,11 @@
 //! `rewards`: the gateway, auth and events services in one binary.
 
 mod commands;
+
+/// mimalloc: the gateway allocates a little per request on every core, where
+/// glibc's malloc contends on its locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod settings;
 
 use std::net::SocketAddr;
