@@ -69,19 +69,24 @@ curl -fs -X POST "http://127.0.0.1:$GATEWAY_PORT/gateway/services" -H "authoriza
        \"routes\":[{\"method\":\"GET\",\"path\":\"/hello\",\"roles\":[\"USER\",\"ADMIN\"]}]}" >/dev/null
 test "$(curl -fs -H "authorization: Bearer $token" "http://127.0.0.1:$GATEWAY_PORT/bench/hello")" = hello
 
-run() { # name url -> "rps p50_ms p99_ms"
-  local out
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+
+run() { # name url pids... -> "rps p50_ms p99_ms non2xx cpu_us_per_request"
+  local out before after
+  before=$(cpu_ticks "${@:3}")
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $token" "$2")
-  python3 - "$out" <<'PY'
+  after=$(cpu_ticks "${@:3}")
+  python3 - "$out" "$((after - before))" "$(getconf CLK_TCK)" "$DURATION" <<'PY'
 import re, sys
-out = sys.argv[1]
+out, ticks, hz, duration = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 def ms(label):
     m = re.search(r"^\s*" + label + r"\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     v, unit = float(m.group(1)), m.group(2)
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {errors.group(1) if errors else 0}")
+cpu_us = ticks / hz / (rps * duration) * 1e6
+print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {errors.group(1) if errors else 0} {cpu_us:.1f}")
 PY
 }
 
@@ -89,15 +94,20 @@ echo "warming up..."
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "http://127.0.0.1:$GATEWAY_PORT/bench/hello" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/hello" >/dev/null
 
-read -r d_rps d_p50 d_p99 d_err < <(run direct "http://127.0.0.1:$UPSTREAM_PORT/hello")
-read -r n_rps n_p50 n_p99 n_err < <(run nginx "http://127.0.0.1:$NGINX_PORT/hello")
-read -r g_rps g_p50 g_p99 g_err < <(run gateway "http://127.0.0.1:$GATEWAY_PORT/bench/hello")
+upstream_pid=${pids[0]}
+nginx_workers=$(pgrep -f "nginx: worker process" | tr '\n' ' ')
+rewards_pid=${pids[2]}
+# shellcheck disable=SC2086
+read -r d_rps d_p50 d_p99 d_err d_cpu < <(run direct "http://127.0.0.1:$UPSTREAM_PORT/hello" "$upstream_pid")
+# shellcheck disable=SC2086
+read -r n_rps n_p50 n_p99 n_err n_cpu < <(run nginx "http://127.0.0.1:$NGINX_PORT/hello" $nginx_workers)
+read -r g_rps g_p50 g_p99 g_err g_cpu < <(run gateway "http://127.0.0.1:$GATEWAY_PORT/bench/hello" "$rewards_pid")
 
 printf '\n%s, %s connections, %s s each, wrk with %s threads on the same %s cores\n' "$(date -u +%F)" "$CONNECTIONS" "$DURATION" "$THREADS" "$(nproc)"
-printf '%-28s %12s %10s %10s %8s\n' target 'req/s' 'p50 ms' 'p99 ms' 'non-2xx'
-printf '%-28s %12s %10s %10s %8s\n' '(a) upstream directly' "$d_rps" "$d_p50" "$d_p99" "$d_err"
-printf '%-28s %12s %10s %10s %8s\n' '(b) nginx, 2 workers' "$n_rps" "$n_p50" "$n_p99" "$n_err"
-printf '%-28s %12s %10s %10s %8s\n' '(c) rewards gateway' "$g_rps" "$g_p50" "$g_p99" "$g_err"
+printf '%-28s %12s %10s %10s %8s %14s\n' target 'req/s' 'p50 ms' 'p99 ms' 'non-2xx' 'CPU us/req'
+printf '%-28s %12s %10s %10s %8s %14s\n' '(a) upstream directly' "$d_rps" "$d_p50" "$d_p99" "$d_err" "$d_cpu"
+printf '%-28s %12s %10s %10s %8s %14s\n' '(b) nginx, 2 workers' "$n_rps" "$n_p50" "$n_p99" "$n_err" "$n_cpu"
+printf '%-28s %12s %10s %10s %8s %14s\n' '(c) rewards gateway' "$g_rps" "$g_p50" "$g_p99" "$g_err" "$g_cpu"
 python3 - "$g_rps" "$n_rps" "$g_p99" "$n_p99" <<'PY'
 import sys
 g, n, gp, np_ = map(float, sys.argv[1:])

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct GatewaySettings {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Serving threads, each a single-threaded runtime with its own listening
+    /// socket (`SO_REUSEPORT`); 0 means one per CPU.
+    pub threads: usize,
     /// A registry file (TOML); default: the built-in registry, which routes
     /// `/auth-service` to `auth_url` and `/event-service` to `events_url`.
     pub registry_file: Option<PathBuf>,
@@ -44,10 +47,20 @@ pub struct GatewaySettings {
     pub metrics_allow: Vec<IpNet>,
 }
 
+impl GatewaySettings {
+    pub fn serving_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        }
+    }
+}
+
 impl Default for GatewaySettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], crate::DEFAULT_PORT)),
+            threads: 0,
             registry_file: None,
             auth_url: "http://127.0.0.1:3001".to_owned(),
             events_url: "http://127.0.0.1:3002".to_owned(),

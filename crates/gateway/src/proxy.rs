@@ -29,6 +29,15 @@ use crate::registry::{Instance, Route, Service};
 /// Pooled keep-alive HTTP/1 connections to the backends.
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
 
+/// This thread's client. Each runtime thread keeps its own pool, so an
+/// upstream connection is driven by the thread that uses it.
+pub fn thread_client() -> Client {
+    thread_local! {
+        static CLIENT: Client = client();
+    }
+    CLIENT.with(Client::clone)
+}
+
 pub fn client() -> Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -157,11 +166,13 @@ async fn relay(
             Some(request) => request,
             None => match spare.take() {
                 Some(parts) => Request::from_parts(parts, Body::empty()),
-                None => return (Problem::unavailable(format!("{} is unreachable", service.name), 1).into_response(), None),
+                None => {
+                    return (Problem::unavailable(format!("{} is unreachable", service.name), 1).into_response(), None);
+                }
             },
         };
         *outgoing.uri_mut() = uri;
-        match tokio::time::timeout(timeout, gateway.client.request(outgoing)).await {
+        match tokio::time::timeout(timeout, thread_client().request(outgoing)).await {
             Ok(Ok(response)) => {
                 let (mut head, incoming) = response.into_parts();
                 remove_hop_by_hop(&mut head.headers);

@@ -16,12 +16,13 @@ type Task = JoinHandle<anyhow::Result<()>>;
 /// the services, then their stores close.
 pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     let key = settings.identity_key_or_generate()?;
-    let gateway_listener = server::bind(rewards_gateway::NAME, settings.gateway.listen).await?;
+    let gateway_listeners =
+        server::bind_reuseport(rewards_gateway::NAME, settings.gateway.listen, settings.gateway.serving_threads())?;
     let auth_listener = server::bind(rewards_auth::NAME, settings.auth.listen).await?;
     let events_listener = server::bind(rewards_events::NAME, settings.events.listen).await?;
     let auth_addr = auth_listener.local_addr()?;
     let events_addr = events_listener.local_addr()?;
-    let gateway_addr = gateway_listener.local_addr()?;
+    let gateway_addr = gateway_listeners[0].local_addr()?;
     settings.gateway.auth_url = format!("http://{auth_addr}");
     settings.gateway.events_url = format!("http://{events_addr}");
     // In one process the gateway expects exactly the tokens its auth signs.
@@ -40,7 +41,7 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     let events_router = rewards_events::router(events.clone(), key, settings.events.body_limit);
 
     let gateway_task: Task =
-        tokio::spawn(server::serve(rewards_gateway::NAME, gateway_listener, gateway_router, front.clone()));
+        tokio::spawn(server::serve_per_thread(rewards_gateway::NAME, gateway_listeners, gateway_router, front.clone()));
     let backend_tasks: Vec<Task> = vec![
         spawn_backend(
             service::run(rewards_auth::NAME, auth_listener, auth_router, auth.store().clone(), back.clone()),
@@ -95,12 +96,13 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
 /// The gateway alone (its backends configured by URL).
 pub async fn gateway(settings: Settings) -> anyhow::Result<()> {
     let key = settings.identity_key()?;
-    let listener = server::bind(rewards_gateway::NAME, settings.gateway.listen).await?;
+    let listeners =
+        server::bind_reuseport(rewards_gateway::NAME, settings.gateway.listen, settings.gateway.serving_threads())?;
     let router = rewards_gateway::router(&settings.gateway, key)?;
     let shutdown = Shutdown::new();
     server::cancel_on_signals(shutdown.clone());
-    tracing::info!(listen = %listener.local_addr()?, auth = %settings.gateway.auth_url, events = %settings.gateway.events_url, "gateway listening");
-    server::serve(rewards_gateway::NAME, listener, router, shutdown).await
+    tracing::info!(listen = %listeners[0].local_addr()?, threads = listeners.len(), "gateway listening");
+    server::serve_per_thread(rewards_gateway::NAME, listeners, router, shutdown).await
 }
 
 /// The auth service alone.
