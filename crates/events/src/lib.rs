@@ -1,15 +1,40 @@
 //! The events service: events, rewards, claims and the activity ledger.
 //!
-//! The service owns its store (SQLite or PostgreSQL, migrations for both under
+//! It owns its store (SQLite or PostgreSQL, migrations for both under
 //! `migrations/`) and trusts a caller's identity only through the gateway's
-//! proof, verified by the kit's layer stack.
+//! proof, verified by the kit's layer stack. Its route rules
+//! ([`rules::route_rules`]) are enforced here and by the gateway.
 
+pub mod condition;
+pub mod dates;
+mod events;
+mod rewards;
 pub mod rules;
+pub mod settings;
+pub mod store;
+
+use std::sync::Arc;
 
 use axum::Router;
-use rewards_kit::identity::IdentityKey;
-use rewards_kit::store::{Migrations, Store, StoreOptions};
+use axum::extract::State;
+use axum::routing::{get, patch};
+use chrono::{DateTime, Utc};
+use rewards_kit::Problem;
+use rewards_kit::clock::{SharedClock, from_micros};
+use rewards_kit::extract::{Json, Query};
+use rewards_kit::identity::{Caller, IdentityKey, Role};
+use rewards_kit::page::{Cursor, Page, PageRequest};
+use rewards_kit::problem::ProblemSchema;
+use rewards_kit::store::{Migrations, Store};
+use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use settings::EventsSettings;
+
+use crate::store::{AuditRecord, CatalogStore};
 
 /// The service's name in logs and readiness reports.
 pub const NAME: &str = "events";
@@ -23,21 +48,163 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// This service's schema, for both engines.
 pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
 
+/// Everything a request handler needs.
+pub struct Events {
+    pub catalog: CatalogStore,
+    pub clock: SharedClock,
+    pub settings: EventsSettings,
+}
+
 /// A running service's shared state.
 #[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
+pub struct AppState(pub Arc<Events>);
+
+impl AppState {
+    pub fn store(&self) -> &Store {
+        self.0.catalog.inner()
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Events;
+    fn deref(&self) -> &Events {
+        &self.0
+    }
 }
 
 /// Opens (and migrates) the store at `url`.
-pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<AppState> {
-    let store = rewards_kit::service::open_store(NAME, url, options, &MIGRATIONS).await?;
-    Ok(AppState { store })
+pub async fn open(settings: &EventsSettings, url: &str, clock: SharedClock) -> anyhow::Result<AppState> {
+    dates::time_zone(&settings.time_zone).map_err(anyhow::Error::msg)?;
+    let store = rewards_kit::service::open_store(NAME, url, &settings.store_options(), &MIGRATIONS).await?;
+    Ok(AppState(Arc::new(Events { catalog: CatalogStore::new(store), clock, settings: settings.clone() })))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "rewards events service", description = "Events, rewards and their audit trail. Reached through the gateway under `/event-service`."),
+    components(schemas(ProblemSchema, rewards_kit::problem::FieldErrorSchema)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(events::create, events::list))
+        .routes(routes!(events::get_one, events::update))
+        .routes(routes!(rewards::create, rewards::list))
+        .routes(routes!(rewards::get_one, rewards::update))
+        .routes(routes!(audit))
+        .split_for_parts();
+    // PATCH is an alias of PUT for partial updates.
+    let router = router.route("/events/{id}", patch(events::update)).route("/rewards/{id}", patch(rewards::update));
+    (router, doc)
+}
+
+/// The service's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
 }
 
 /// The service's routes inside the kit's layer stack.
-pub fn router(state: AppState, key: IdentityKey, body_limit: usize) -> Router {
-    let routes = rewards_kit::service::ops_routes(state.store.clone());
+pub fn router(state: AppState, key: IdentityKey) -> Router {
+    let (routes, doc) = api();
+    let doc = Arc::new(doc);
+    let routes = routes
+        .with_state(state.clone())
+        .route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
+        .merge(rewards_kit::service::ops_routes(state.store().clone()));
     let routes = rewards_kit::rules::enforced(routes, rules::route_rules());
-    rewards_kit::http::service_stack(NAME, routes, key, body_limit)
+    rewards_kit::http::service_stack(NAME, routes, key, state.settings.body_limit)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// `event` or `reward`.
+    pub entity: Option<String>,
+    /// One event's or reward's records.
+    pub entity_id: Option<String>,
+    /// Changes made by this user id.
+    pub actor: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// One recorded change: who, when, what, before and after.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditView {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub actor: AuditActor,
+    pub entity: String,
+    pub entity_id: String,
+    pub action: String,
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditActor {
+    pub id: String,
+    pub username: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPage {
+    pub items: Vec<AuditView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The audit trail of events and rewards, newest first (AUDITOR, ADMIN).
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
+    responses((status = 200, body = AuditPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
+        (status = 403, body = ProblemSchema)))]
+async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Page<AuditView>>, Problem> {
+    caller.require(&[Role::Auditor, Role::Admin])?;
+    let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
+    if query.entity.as_deref().is_some_and(|e| !["event", "reward"].contains(&e)) {
+        return Err(Problem::invalid_field("entity", "must be event or reward"));
+    }
+    let rows = state
+        .catalog
+        .list_audit(query.entity.as_deref(), query.entity_id.as_deref(), query.actor.as_deref(), &page)
+        .await?;
+    let page = Page::from_rows(rows, &page, |r| Cursor { at: r.created_at, id: r.id.clone() });
+    Ok(Json(page.map(audit_view)))
+}
+
+fn audit_view(record: AuditRecord) -> AuditView {
+    let json = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
+    AuditView {
+        id: record.id,
+        at: from_micros(record.created_at),
+        actor: AuditActor { id: record.actor_id, username: record.actor_name },
+        entity: record.entity,
+        entity_id: record.entity_id,
+        action: record.action,
+        before: json(record.before),
+        after: json(record.after),
+    }
 }

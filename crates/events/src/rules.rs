@@ -2,8 +2,26 @@
 //! before forwarding, and the service enforces them again.
 
 use axum::http::Method;
-use rewards_kit::rules::RouteRule;
+use rewards_kit::identity::Role;
+use rewards_kit::rules::{RouteRule, SIGNED_IN};
 
 pub fn route_rules() -> Vec<RouteRule> {
-    vec![RouteRule::public(Method::GET, "/health"), RouteRule::public(Method::GET, "/ready")]
+    let writers = &[Role::Operator, Role::Admin];
+    let readers = &[Role::Operator, Role::Auditor, Role::Admin];
+    vec![
+        RouteRule::public(Method::GET, "/health"),
+        RouteRule::public(Method::GET, "/ready"),
+        RouteRule::public(Method::GET, "/openapi.json"),
+        RouteRule::roles(Method::POST, "/events", writers),
+        RouteRule::roles(Method::GET, "/events", SIGNED_IN),
+        RouteRule::roles(Method::GET, "/events/{id}", SIGNED_IN),
+        RouteRule::roles(Method::PUT, "/events/{id}", writers),
+        RouteRule::roles(Method::PATCH, "/events/{id}", writers),
+        RouteRule::roles(Method::POST, "/rewards", writers),
+        RouteRule::roles(Method::GET, "/rewards", readers),
+        RouteRule::roles(Method::GET, "/rewards/{id}", readers),
+        RouteRule::roles(Method::PUT, "/rewards/{id}", writers),
+        RouteRule::roles(Method::PATCH, "/rewards/{id}", writers),
+        RouteRule::roles(Method::GET, "/audit", &[Role::Auditor, Role::Admin]),
+    ]
 }

@@ -1,51 +1,12 @@
-//! What the auth and events services share in shape: a listen address and a
-//! store of their own, opened and migrated at start, closed after the last
-//! request has been served.
-
-use std::net::SocketAddr;
-use std::path::Path;
+//! What the auth and events services share in shape: a store of their own,
+//! opened and migrated at start, closed after the last request has been
+//! served, and the operational routes that report on it.
 
 use axum::Router;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::server::{self, Shutdown};
 use crate::store::{self, Migrations, Store, StoreOptions};
-
-/// The settings every store-backed service has (`[auth]`, `[events]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-// No `serde(default)`: figment always supplies the full default tree first.
-#[serde(deny_unknown_fields)]
-pub struct ServiceSettings {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// `sqlite:<path>` or `postgres://...`; default: `<data_dir>/<service>.db`.
-    pub database_url: Option<String>,
-    /// Largest store connection pool.
-    pub max_connections: u32,
-    /// Largest accepted request body, in bytes.
-    pub body_limit: usize,
-}
-
-impl ServiceSettings {
-    pub fn with_port(port: u16) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], port)),
-            database_url: None,
-            max_connections: StoreOptions::default().max_connections,
-            body_limit: crate::http::DEFAULT_BODY_LIMIT,
-        }
-    }
-
-    /// The configured store URL, or the service's SQLite file in `data_dir`.
-    pub fn database_url(&self, data_dir: &Path, service: &str) -> String {
-        self.database_url.clone().unwrap_or_else(|| store::sqlite_url(data_dir, &format!("{service}.db")))
-    }
-
-    pub fn store_options(&self) -> StoreOptions {
-        StoreOptions { max_connections: self.max_connections, ..StoreOptions::default() }
-    }
-}
 
 /// Opens a service's store, migrates it and says so in the log.
 pub async fn open_store(

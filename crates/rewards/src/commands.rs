@@ -30,7 +30,7 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     settings.gateway.audience = settings.auth.audience.clone();
 
     let auth = rewards_auth::open(&settings.auth, &settings.auth_database_url(), SharedClock::system()).await?;
-    let events = rewards_events::open(&settings.events_database_url(), &settings.events.store_options()).await?;
+    let events = rewards_events::open(&settings.events, &settings.events_database_url(), SharedClock::system()).await?;
 
     let front = Shutdown::new();
     let back = Shutdown::new();
@@ -38,7 +38,7 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
 
     let gateway_router = rewards_gateway::router(&settings.gateway, key.clone())?;
     let auth_router = rewards_auth::router(auth.clone(), key.clone());
-    let events_router = rewards_events::router(events.clone(), key, settings.events.body_limit);
+    let events_router = rewards_events::router(events.clone(), key);
 
     let gateway_task: Task =
         tokio::spawn(server::serve_per_thread(rewards_gateway::NAME, gateway_listeners, gateway_router, front.clone()));
@@ -48,7 +48,7 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
             &front,
         ),
         spawn_backend(
-            service::run(rewards_events::NAME, events_listener, events_router, events.store, back.clone()),
+            service::run(rewards_events::NAME, events_listener, events_router, events.store().clone(), back.clone()),
             &front,
         ),
     ];
@@ -118,9 +118,9 @@ pub async fn auth(settings: Settings) -> anyhow::Result<()> {
 pub async fn events(settings: Settings) -> anyhow::Result<()> {
     let key = settings.identity_key()?;
     let listener = server::bind(rewards_events::NAME, settings.events.listen).await?;
-    let state = rewards_events::open(&settings.events_database_url(), &settings.events.store_options()).await?;
-    let router = rewards_events::router(state.clone(), key, settings.events.body_limit);
-    run_alone(rewards_events::NAME, listener, router, state.store).await
+    let state = rewards_events::open(&settings.events, &settings.events_database_url(), SharedClock::system()).await?;
+    let router = rewards_events::router(state.clone(), key);
+    run_alone(rewards_events::NAME, listener, router, state.store().clone()).await
 }
 
 async fn run_alone(

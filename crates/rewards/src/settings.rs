@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use rewards_auth::AuthSettings;
+use rewards_events::EventsSettings;
 use rewards_gateway::GatewaySettings;
 use rewards_kit::config::{LogFormat, Secret};
 use rewards_kit::identity::IdentityKey;
-use rewards_kit::service::ServiceSettings;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ pub struct Settings {
     pub admin_password: Secret,
     pub gateway: GatewaySettings,
     pub auth: AuthSettings,
-    pub events: ServiceSettings,
+    pub events: EventsSettings,
 }
 
 impl Default for Settings {
@@ -39,7 +39,7 @@ impl Default for Settings {
             admin_password: Secret::default(),
             gateway: GatewaySettings::default(),
             auth: AuthSettings::default(),
-            events: ServiceSettings::with_port(rewards_events::DEFAULT_PORT),
+            events: EventsSettings::default(),
         }
     }
 }
@@ -58,7 +58,7 @@ impl Settings {
     }
 
     pub fn events_database_url(&self) -> String {
-        self.events.database_url(&self.data_dir, rewards_events::NAME)
+        self.events.database_url(&self.data_dir)
     }
 
     /// The configured identity key; an error when none is configured.
