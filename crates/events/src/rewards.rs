@@ -166,7 +166,7 @@ fn check_fields(
         _ => None,
     };
     if let Some(key) = required
-        && !details.get(key).and_then(Value::as_str).is_some_and(|s| !s.trim().is_empty())
+        && details.get(key).and_then(Value::as_str).is_none_or(|s| s.trim().is_empty())
     {
         errors.push(FieldError::new(format!("details.{key}"), format!("a {kind} reward names its `{key}`")));
     }

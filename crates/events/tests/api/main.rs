@@ -1,0 +1,6 @@
+//! The events service over real HTTP, on SQLite and PostgreSQL.
+
+mod audit;
+mod events;
+mod rewards;
+mod support;
