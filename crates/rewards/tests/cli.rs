@@ -143,6 +143,20 @@ async fn up_serves_all_three_stops_cleanly_and_keeps_its_data() {
     assert_eq!(tokens["token_type"], "Bearer");
     assert_eq!(log.matches(&password).count(), 1, "printed once, never logged");
 
+    // The admin's token opens the operators' routes of the events service through the gateway.
+    let token = tokens["access_token"].as_str().unwrap();
+    let created = client
+        .post(format!("http://127.0.0.1:{}/event-service/events", ports.gateway))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "name": "First event", "condition": { "type": "loginDays", "days": 1 },
+            "startDate": "2026-01-01", "endDate": "2026-12-31", "status": "ACTIVE" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let anonymous = client.get(format!("http://127.0.0.1:{}/event-service/events", ports.gateway)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
     first.signal("-INT");
     let status = first.wait(Duration::from_secs(25));
     assert_eq!(status.code(), Some(0), "Ctrl-C exits 0; log:\n{}", first.log_text());
@@ -171,6 +185,25 @@ async fn up_serves_all_three_stops_cleanly_and_keeps_its_data() {
         .await
         .unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "the old and the rotated-in key: {jwks}");
+    let login: Value = client
+        .post(format!("http://127.0.0.1:{}/auth-service/auth/login", ports.gateway))
+        .json(&serde_json::json!({ "username": "admin", "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events: Value = client
+        .get(format!("http://127.0.0.1:{}/event-service/events", ports.gateway))
+        .bearer_auth(login["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["items"][0]["name"], "First event", "the event survived the restart");
     second.signal("-TERM");
     assert_eq!(second.wait(Duration::from_secs(25)).code(), Some(0), "SIGTERM exits 0");
 }
