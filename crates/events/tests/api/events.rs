@@ -21,6 +21,10 @@ store_tests!(
 async fn serves_health_and_ready_and_reports_a_lost_store(store: TestStore) {
     let events = TestEvents::start(store).await;
     assert_ops_contract(&events.server, &events.store).await;
+    let doc: Value = events.send(Method::GET, "/openapi.json", None, None).await.json().await.unwrap();
+    for path in ["/events", "/events/{id}", "/rewards", "/rewards/{id}", "/audit"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+    }
     events.state.store().close().await;
     assert_unready(&events.server).await;
 }
