@@ -5,8 +5,10 @@
 //! proof, verified by the kit's layer stack. Its route rules
 //! ([`rules::route_rules`]) are enforced here and by the gateway.
 
+pub mod activities;
 pub mod condition;
 pub mod dates;
+pub mod evaluator;
 mod events;
 mod rewards;
 pub mod rules;
@@ -107,6 +109,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(rewards::create, rewards::list))
         .routes(routes!(rewards::get_one, rewards::update))
         .routes(routes!(audit))
+        .routes(routes!(activities::record))
+        .routes(routes!(progress))
         .split_for_parts();
     // PATCH is an alias of PUT for partial updates.
     let router = router.route("/events/{id}", patch(events::update)).route("/rewards/{id}", patch(rewards::update));
@@ -128,6 +132,48 @@ pub fn router(state: AppState, key: IdentityKey) -> Router {
         .merge(rewards_kit::service::ops_routes(state.store().clone()));
     let routes = rewards_kit::rules::enforced(routes, rules::route_rules());
     rewards_kit::http::service_stack(NAME, routes, key, state.settings.body_limit)
+}
+
+/// A player's progress toward one claimable event.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventProgress {
+    pub event_id: String,
+    pub name: String,
+    pub end_date: DateTime<Utc>,
+    pub progress: evaluator::Progress,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProgressList {
+    pub items: Vec<EventProgress>,
+}
+
+/// For each event the caller can claim now, how far it is toward the
+/// condition (what is met, what is missing).
+#[utoipa::path(get, path = "/progress/me", tag = "progress", security(("bearer" = [])),
+    responses((status = 200, body = ProgressList), (status = 401, body = ProblemSchema)))]
+async fn progress(State(state): State<AppState>, caller: Caller) -> Result<Json<ProgressList>, Problem> {
+    let now = state.clock.now();
+    let filter =
+        store::EventFilter { status: Some("ACTIVE".to_owned()), active_at: Some(rewards_kit::clock::to_micros(now)) };
+    let page = PageRequest::parse(Some(rewards_kit::page::MAX_LIMIT), None)?;
+    let ledger = evaluator::Ledger { store: state.store() };
+    let mut items = Vec::new();
+    for row in state.catalog.list_events(&filter, &page).await? {
+        let Ok(condition) = serde_json::from_str(&row.condition)
+            .map_err(|_| ())
+            .and_then(|v| condition::Condition::parse(&v, "condition").map_err(|_| ()))
+        else {
+            tracing::error!(event_id = %row.id, "stored condition does not parse");
+            continue;
+        };
+        let tz = dates::time_zone(&row.time_zone).unwrap_or(chrono_tz::Tz::UTC);
+        let window = evaluator::window_of(from_micros(row.start_at), from_micros(row.end_at), tz);
+        let progress = ledger.evaluate(&caller.0.sub, &condition, window).await?;
+        items.push(EventProgress { event_id: row.id, name: row.name, end_date: from_micros(row.end_at), progress });
+    }
+    Ok(Json(ProgressList { items }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

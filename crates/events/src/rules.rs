@@ -23,5 +23,8 @@ pub fn route_rules() -> Vec<RouteRule> {
         RouteRule::roles(Method::PUT, "/rewards/{id}", writers),
         RouteRule::roles(Method::PATCH, "/rewards/{id}", writers),
         RouteRule::roles(Method::GET, "/audit", &[Role::Auditor, Role::Admin]),
+        // Operators and game servers (signed in as OPERATOR), and internal services.
+        RouteRule::roles(Method::POST, "/activities", &[Role::Operator, Role::Admin, Role::Service]),
+        RouteRule::roles(Method::GET, "/progress/me", SIGNED_IN),
     ]
 }

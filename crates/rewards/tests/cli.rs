@@ -154,7 +154,8 @@ async fn up_serves_all_three_stops_cleanly_and_keeps_its_data() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let anonymous = client.get(format!("http://127.0.0.1:{}/event-service/events", ports.gateway)).send().await.unwrap();
+    let anonymous =
+        client.get(format!("http://127.0.0.1:{}/event-service/events", ports.gateway)).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
 
     first.signal("-INT");
