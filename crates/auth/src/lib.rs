@@ -7,6 +7,7 @@
 //! ([`rules::route_rules`]) are enforced here and by the gateway.
 
 pub mod keys;
+pub mod outbox;
 pub mod passwords;
 pub mod rules;
 mod sessions;
@@ -105,6 +106,7 @@ async fn bootstrap_admin(auth: &Auth) -> anyhow::Result<()> {
         roles: &[Role::Admin],
         referrer_id: None,
         now: auth.clock.now(),
+        announce: false,
     };
     match auth.db.insert_user(user).await {
         Ok(_) if generated => {

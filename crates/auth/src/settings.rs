@@ -52,6 +52,11 @@ pub struct AuthSettings {
     /// The failed-login window, in seconds.
     pub login_failure_window_secs: u64,
 
+    /// Where LOGIN and SIGNUP activities are delivered (the events service).
+    pub events_url: String,
+    /// How often the outbox is checked for activities to deliver, in milliseconds.
+    pub outbox_poll_ms: u64,
+
     /// The bootstrap admin's password (`REWARDS_ADMIN_PASSWORD` works too);
     /// when unset on first start, one is generated and printed once.
     pub admin_password: Secret,
@@ -77,6 +82,8 @@ impl Default for AuthSettings {
             login_failures_per_user: 5,
             login_failures_per_address: 20,
             login_failure_window_secs: 15 * 60,
+            events_url: "http://127.0.0.1:3002".to_owned(),
+            outbox_poll_ms: 250,
             admin_password: Secret::default(),
         }
     }

@@ -56,6 +56,41 @@ pub struct NewUser<'a> {
     pub roles: &'a [Role],
     pub referrer_id: Option<&'a str>,
     pub now: DateTime<Utc>,
+    /// Report a `SIGNUP` activity (public signups do; accounts made by an
+    /// ADMIN or the bootstrap do not).
+    pub announce: bool,
+}
+
+/// An activity waiting in the outbox.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: String,
+    pub user_id: String,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub occurred_at: i64,
+    pub attributes: String,
+    pub attempts: i64,
+}
+
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (id, user_id, type, occurred_at, attributes, created_at, next_attempt_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Queues an activity inside the transaction `$tx`: it commits, or is lost,
+/// together with what it reports.
+macro_rules! enqueue {
+    ($tx:ident, $user:expr, $kind:expr, $occurred:expr, $attributes:expr) => {
+        sqlx::query(INSERT_OUTBOX)
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind($user)
+            .bind($kind)
+            .bind($occurred)
+            .bind($attributes)
+            .bind(Utc::now().timestamp_micros())
+            .bind(Utc::now().timestamp_micros())
+            .execute(&mut *$tx)
+            .await?
+    };
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -131,18 +166,29 @@ impl AuthStore {
         let at = to_micros(user.now);
         let roles = format_roles(user.roles);
         let key = user.username.to_lowercase();
-        let result = with_pool!(&self.store, |pool| {
-            sqlx::query_as::<_, UserRecord>(&sql)
-                .bind(user.id)
-                .bind(user.username)
-                .bind(&key)
-                .bind(user.password_hash)
-                .bind(&roles)
-                .bind(user.referrer_id)
-                .bind(at)
-                .fetch_one(pool)
-                .await
-        });
+        let attributes = match user.referrer_id {
+            Some(referrer) => serde_json::json!({ "referrerId": referrer }).to_string(),
+            None => "{}".to_owned(),
+        };
+        let result: Result<UserRecord, sqlx::Error> = async {
+            Ok(with_write_tx!(&self.store, |tx| {
+                let record = sqlx::query_as::<_, UserRecord>(&sql)
+                    .bind(user.id)
+                    .bind(user.username)
+                    .bind(&key)
+                    .bind(user.password_hash)
+                    .bind(&roles)
+                    .bind(user.referrer_id)
+                    .bind(at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if user.announce {
+                    enqueue!(tx, user.id, "SIGNUP", at, &attributes);
+                }
+                record
+            }))
+        }
+        .await;
         result.map_err(|err| if is_unique_violation(&err) { StoreError::UsernameTaken } else { err.into() })
     }
 
@@ -371,6 +417,44 @@ impl AuthStore {
                 .await
                 .map(drop)
         })
+    }
+
+    /// Activities due for delivery, oldest first.
+    pub async fn due_outbox(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+        let sql = "SELECT id, user_id, type, occurred_at, attributes, attempts FROM outbox \
+                   WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2";
+        with_pool!(&self.store, |pool| sqlx::query_as::<_, OutboxRow>(sql).bind(now).bind(limit).fetch_all(pool).await)
+    }
+
+    pub async fn outbox_delivered(&self, ids: &[String], now: i64) -> Result<(), sqlx::Error> {
+        with_write_tx!(&self.store, |tx| {
+            for id in ids {
+                sqlx::query("UPDATE outbox SET delivered_at = $1, last_error = NULL WHERE id = $2")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Records a failed attempt; the row is due again at `retry_at`.
+    pub async fn outbox_failed(&self, id: &str, retry_at: i64, error: &str) -> Result<(), sqlx::Error> {
+        let sql = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id = $3";
+        with_pool!(&self.store, |pool| sqlx::query(sql)
+            .bind(retry_at)
+            .bind(error)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(drop))
+    }
+
+    /// Activities not yet delivered.
+    pub async fn outbox_pending(&self) -> Result<i64, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL";
+        with_pool!(&self.store, |pool| sqlx::query_scalar(sql).fetch_one(pool).await)
     }
 
     /// Newest first; filtered by entity kind and actor id.

@@ -185,10 +185,11 @@ async fn create_user(
     password: String,
     roles: &[Role],
     referrer_id: Option<&str>,
+    announce: bool,
 ) -> Result<UserRecord, Problem> {
     let hash = state.passwords.hash(password).await?;
     let id = uuid::Uuid::now_v7().to_string();
-    let new = NewUser { id: &id, username, password_hash: &hash, roles, referrer_id, now: state.clock.now() };
+    let new = NewUser { id: &id, username, password_hash: &hash, roles, referrer_id, now: state.clock.now(), announce };
     match state.db.insert_user(new).await {
         Ok(user) => Ok(user),
         Err(StoreError::UsernameTaken) => Err(taken(username)),
@@ -219,9 +220,8 @@ pub async fn signup(
         ),
         None => None,
     };
-    let user =
-        create_user(&state, &body.username, body.password, &[Role::User], referrer.as_ref().map(|r| r.id.as_str()))
-            .await?;
+    let referrer_id = referrer.as_ref().map(|r| r.id.as_str());
+    let user = create_user(&state, &body.username, body.password, &[Role::User], referrer_id, true).await?;
     tracing::info!(user_id = %user.id, "signed up");
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
@@ -243,7 +243,7 @@ pub async fn register(
     caller.require(&[Role::Admin])?;
     let roles = body.roles.unwrap_or_else(|| vec![Role::User]);
     check_credentials(&body.username, &body.password, check_roles(&roles).err())?;
-    let user = create_user(&state, &body.username, body.password, &roles, None).await?;
+    let user = create_user(&state, &body.username, body.password, &roles, None, false).await?;
     tracing::info!(user_id = %user.id, by = %caller.0.sub, "registered");
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }

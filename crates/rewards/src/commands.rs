@@ -1,6 +1,7 @@
 //! What each subcommand does.
 
 use rewards_kit::clock::SharedClock;
+use rewards_kit::identity::IdentityKey;
 use rewards_kit::server::{self, Shutdown};
 use rewards_kit::service;
 use rewards_kit::store::{self, Store};
@@ -25,6 +26,7 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     let gateway_addr = gateway_listeners[0].local_addr()?;
     settings.gateway.auth_url = format!("http://{auth_addr}");
     settings.gateway.events_url = format!("http://{events_addr}");
+    settings.auth.events_url = format!("http://{events_addr}");
     // In one process the gateway expects exactly the tokens its auth signs.
     settings.gateway.issuer = settings.auth.issuer.clone();
     settings.gateway.audience = settings.auth.audience.clone();
@@ -38,8 +40,9 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
 
     let gateway_router = rewards_gateway::router(&settings.gateway, key.clone())?;
     let auth_router = rewards_auth::router(auth.clone(), key.clone());
-    let events_router = rewards_events::router(events.clone(), key);
+    let events_router = rewards_events::router(events.clone(), key.clone());
 
+    tokio::spawn(outbox(&auth, &key, &settings).run(back.clone()));
     let gateway_task: Task =
         tokio::spawn(server::serve_per_thread(rewards_gateway::NAME, gateway_listeners, gateway_router, front.clone()));
     let backend_tasks: Vec<Task> = vec![
@@ -110,8 +113,18 @@ pub async fn auth(settings: Settings) -> anyhow::Result<()> {
     let key = settings.identity_key()?;
     let listener = server::bind(rewards_auth::NAME, settings.auth.listen).await?;
     let state = rewards_auth::open(&settings.auth, &settings.auth_database_url(), SharedClock::system()).await?;
-    let router = rewards_auth::router(state.clone(), key);
-    run_alone(rewards_auth::NAME, listener, router, state.store().clone()).await
+    let router = rewards_auth::router(state.clone(), key.clone());
+    let shutdown = Shutdown::new();
+    tokio::spawn(outbox(&state, &key, &settings).run(shutdown.clone()));
+    let result = run_alone(rewards_auth::NAME, listener, router, state.store().clone()).await;
+    shutdown.cancel();
+    result
+}
+
+/// The dispatcher of the auth service's LOGIN and SIGNUP activities.
+fn outbox(auth: &rewards_auth::AppState, key: &IdentityKey, settings: &Settings) -> rewards_auth::outbox::Dispatcher {
+    let poll = std::time::Duration::from_millis(settings.auth.outbox_poll_ms.max(10));
+    rewards_auth::outbox::Dispatcher::new(auth.db.clone(), key.clone(), &settings.auth.events_url, poll)
 }
 
 /// The events service alone.
