@@ -320,6 +320,7 @@ impl AuthStore {
             .bind(expires)
             .execute(&mut *tx)
             .await?;
+            enqueue!(tx, user_id, "LOGIN", at, "{}");
         });
         Ok(family_id)
     }
