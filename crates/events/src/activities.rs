@@ -62,7 +62,10 @@ pub struct Activity {
     pub kind: String,
     pub occurred_at: i64,
     pub attributes: String,
-    pub referrer_id: Option<String>,
+    /// What it is about (SIGNUP: the referrer; QUEST_CLEAR: the quest).
+    pub subject: Option<String>,
+    /// How much (LEVEL_UP: the level).
+    pub amount: Option<i64>,
 }
 
 fn valid_kind(kind: &str) -> bool {
@@ -102,16 +105,22 @@ pub fn validate(batch: ActivityBatch, now: DateTime<Utc>) -> Result<Vec<Activity
         if text.len() > MAX_ATTRIBUTES {
             errors.push(FieldError::new(at("attributes"), format!("at most {MAX_ATTRIBUTES} bytes")));
         }
-        let referrer_id = (a.kind == "SIGNUP")
-            .then(|| attributes.get("referrerId").and_then(Value::as_str).map(str::to_owned))
-            .flatten();
+        let subject = match a.kind.as_str() {
+            "SIGNUP" => attributes.get("referrerId"),
+            "QUEST_CLEAR" => attributes.get("questId"),
+            _ => None,
+        }
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+        let amount = (a.kind == "LEVEL_UP").then(|| attributes.get("level").and_then(Value::as_i64)).flatten();
         out.push(Activity {
             id: a.id,
             user_id: a.user_id,
             kind: a.kind,
             occurred_at: to_micros(a.occurred_at),
             attributes: text,
-            referrer_id,
+            subject,
+            amount,
         });
     }
     if errors.is_empty() {
@@ -143,8 +152,8 @@ pub async fn record(
 /// Inserts a batch in one transaction; an id already stored with other
 /// content aborts it all with 409.
 pub async fn insert(state: &AppState, activities: &[Activity], received_at: i64) -> Result<BatchResult, Problem> {
-    let insert = "INSERT INTO activities (id, user_id, type, occurred_at, attributes, referrer_id, received_at) \
-                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING";
+    let insert = "INSERT INTO activities (id, user_id, type, occurred_at, attributes, subject, amount, received_at) \
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
     let existing = "SELECT user_id, type, occurred_at, attributes FROM activities WHERE id = $1";
     let outcome: Result<Result<BatchResult, String>, sqlx::Error> = async {
         Ok(with_write_tx!(state.store(), |tx| {
@@ -157,7 +166,8 @@ pub async fn insert(state: &AppState, activities: &[Activity], received_at: i64)
                     .bind(&a.kind)
                     .bind(a.occurred_at)
                     .bind(&a.attributes)
-                    .bind(&a.referrer_id)
+                    .bind(&a.subject)
+                    .bind(a.amount)
                     .bind(received_at)
                     .execute(&mut *tx)
                     .await?

@@ -128,41 +128,54 @@ impl Ledger<'_> {
         keep: impl Fn(&Map<String, Value>) -> bool,
     ) -> Result<u64, sqlx::Error> {
         const PAGE: i64 = 1000;
-        let sql = "SELECT attributes FROM activities WHERE user_id = $1 AND type = $2 \
-                   AND occurred_at >= $3 AND occurred_at <= $4 ORDER BY occurred_at, id LIMIT $5 OFFSET $6";
+        // Keyset pages: each page starts after the last (time, id) seen.
+        let sql = "SELECT occurred_at, id, attributes FROM activities WHERE user_id = $1 AND type = $2 \
+                   AND occurred_at <= $4 AND (occurred_at > $3 OR (occurred_at = $3 AND id > $5)) \
+                   ORDER BY occurred_at, id LIMIT $6";
         let mut found = 0;
-        let mut offset = 0;
+        let (mut after_at, mut after_id) = (w.start - 1, String::new());
         loop {
-            let rows: Vec<String> = with_pool!(self.store, |pool| {
-                sqlx::query_scalar(sql)
+            let rows: Vec<(i64, String, String)> = with_pool!(self.store, |pool| {
+                sqlx::query_as(sql)
                     .bind(user)
                     .bind(kind)
-                    .bind(w.start)
+                    .bind(after_at)
                     .bind(w.end)
+                    .bind(&after_id)
                     .bind(PAGE)
-                    .bind(offset)
                     .fetch_all(pool)
                     .await
             })?;
-            found += rows.iter().filter(|a| keep(&parse_attributes(a))).count() as u64;
-            if found >= enough || (rows.len() as i64) < PAGE {
-                return Ok(found);
+            found += rows.iter().filter(|(_, _, a)| keep(&parse_attributes(a))).count() as u64;
+            match rows.last() {
+                Some((at, id, _)) if found < enough && rows.len() as i64 == PAGE => {
+                    (after_at, after_id) = (*at, id.clone());
+                }
+                _ => return Ok(found),
             }
-            offset += PAGE;
         }
     }
 
     async fn highest_level(&self, user: &str, w: Window) -> Result<u64, sqlx::Error> {
-        let sql = "SELECT attributes FROM activities WHERE user_id = $1 AND type = 'LEVEL_UP' \
+        let sql = "SELECT MAX(amount) FROM activities WHERE user_id = $1 AND type = 'LEVEL_UP' \
                    AND occurred_at >= $2 AND occurred_at <= $3";
-        let rows: Vec<String> = with_pool!(self.store, |pool| {
-            sqlx::query_scalar(sql).bind(user).bind(w.start).bind(w.end).fetch_all(pool).await
+        let level: Option<i64> = with_pool!(self.store, |pool| {
+            sqlx::query_scalar(sql).bind(user).bind(w.start).bind(w.end).fetch_one(pool).await
         })?;
-        Ok(rows.iter().filter_map(|a| parse_attributes(a).get("level").and_then(Value::as_u64)).max().unwrap_or(0))
+        Ok(level.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn cleared(&self, user: &str, quest: &str, w: Window) -> Result<bool, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM activities WHERE subject = $1 AND type = 'QUEST_CLEAR' AND user_id = $2 \
+                   AND occurred_at >= $3 AND occurred_at <= $4";
+        let n: i64 = with_pool!(self.store, |pool| {
+            sqlx::query_scalar(sql).bind(quest).bind(user).bind(w.start).bind(w.end).fetch_one(pool).await
+        })?;
+        Ok(n > 0)
     }
 
     async fn invited(&self, user: &str, w: Window) -> Result<u64, sqlx::Error> {
-        let sql = "SELECT COUNT(DISTINCT user_id) FROM activities WHERE referrer_id = $1 AND type = 'SIGNUP' \
+        let sql = "SELECT COUNT(DISTINCT user_id) FROM activities WHERE subject = $1 AND type = 'SIGNUP' \
                    AND occurred_at >= $2 AND occurred_at <= $3";
         let n: i64 = with_pool!(self.store, |pool| {
             sqlx::query_scalar(sql).bind(user).bind(w.start).bind(w.end).fetch_one(pool).await
@@ -196,12 +209,8 @@ impl Ledger<'_> {
                     "friends invited",
                 ),
                 Condition::QuestClear { quest_id } => {
-                    let done = self
-                        .count_where(user, "QUEST_CLEAR", window, 1, |a| {
-                            a.get("questId").and_then(Value::as_str) == Some(quest_id)
-                        })
-                        .await?;
-                    let mut p = Progress::leaf("questClear", done.min(1), 1, "quest cleared");
+                    let done = u64::from(self.cleared(user, quest_id, window).await?);
+                    let mut p = Progress::leaf("questClear", done, 1, "quest cleared");
                     p.summary = if p.met {
                         format!("quest {quest_id} cleared")
                     } else {

@@ -6,9 +6,12 @@ CREATE TABLE activities (
     occurred_at BIGINT NOT NULL,
     -- Canonical JSON (sorted keys): a replay is recognised by equal content.
     attributes  TEXT NOT NULL,
-    -- The inviting user of a SIGNUP, for counting a user's invitations.
-    referrer_id TEXT,
+    -- What the activity is about, indexed for conditions: the inviting user
+    -- of a SIGNUP, the quest of a QUEST_CLEAR.
+    subject     TEXT,
+    -- How much: the level of a LEVEL_UP.
+    amount      BIGINT,
     received_at BIGINT NOT NULL
 );
-CREATE INDEX activities_by_user ON activities (user_id, type, occurred_at);
-CREATE INDEX activities_by_referrer ON activities (referrer_id, type, occurred_at);
+CREATE INDEX activities_by_user ON activities (user_id, type, occurred_at, amount);
+CREATE INDEX activities_by_subject ON activities (subject, type, user_id, occurred_at);
