@@ -97,8 +97,8 @@ async fn main() -> anyhow::Result<()> {
         .map(drop)
     })
     .await?;
-    println!("{:<40} {:>10} {:>12}  {}", "condition", "ms", "x baseline", "result");
-    println!("{:<40} {:>10.2} {:>12}  {}", "baseline: one unindexed scan of the table", ms(baseline), "1.00", "");
+    println!("{:<40} {:>10} {:>12}  result", "condition", "ms", "x baseline");
+    println!("{:<40} {:>10.2} {:>12}", "baseline: one unindexed scan of the table", ms(baseline), "1.00");
     for (name, condition, window) in cases {
         let condition = Condition::parse(&condition, "c").map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let summary = ledger.evaluate(PLAYER, &condition, window).await?.summary;
