@@ -6,6 +6,7 @@
 //! ([`rules::route_rules`]) are enforced here and by the gateway.
 
 pub mod activities;
+pub mod claims;
 pub mod condition;
 pub mod dates;
 pub mod evaluator;
@@ -111,6 +112,9 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit))
         .routes(routes!(activities::record))
         .routes(routes!(progress))
+        .routes(routes!(claims::create, claims::list))
+        .routes(routes!(claims::mine))
+        .routes(routes!(claims::get_one))
         .split_for_parts();
     // PATCH is an alias of PUT for partial updates.
     let router = router.route("/events/{id}", patch(events::update)).route("/rewards/{id}", patch(rewards::update));

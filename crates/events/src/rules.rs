@@ -26,5 +26,10 @@ pub fn route_rules() -> Vec<RouteRule> {
         // Operators and game servers (signed in as OPERATOR), and internal services.
         RouteRule::roles(Method::POST, "/activities", &[Role::Operator, Role::Admin, Role::Service]),
         RouteRule::roles(Method::GET, "/progress/me", SIGNED_IN),
+        RouteRule::roles(Method::POST, "/reward-claims", &[Role::User, Role::Admin]),
+        RouteRule::roles(Method::GET, "/reward-claims", readers),
+        RouteRule::roles(Method::GET, "/reward-claims/me", SIGNED_IN),
+        // Staff see any claim; a player its own (the handler checks).
+        RouteRule::roles(Method::GET, "/reward-claims/{id}", SIGNED_IN),
     ]
 }

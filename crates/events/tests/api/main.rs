@@ -1,6 +1,7 @@
 //! The events service over real HTTP, on SQLite and PostgreSQL.
 
 mod audit;
+mod claims;
 mod events;
 mod rewards;
 mod support;
