@@ -32,6 +32,26 @@ use crate::dates;
 use crate::evaluator::{Ledger, window_of};
 use crate::store::{EventRow, RewardRow};
 
+/// Records a claim's move from one status to another, inside the transaction `$tx`.
+macro_rules! record_transition {
+    ($tx:ident, $claim:expr, $from:expr, $to:expr, $actor:expr, $reason:expr, $at:expr) => {
+        sqlx::query(
+            "INSERT INTO claim_transitions (id, claim_id, from_status, to_status, actor_id, reason, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind($claim)
+        .bind($from)
+        .bind($to)
+        .bind($actor)
+        .bind($reason)
+        .bind($at)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+pub(crate) use record_transition;
+
 pub const STATUSES: [&str; 6] = ["PENDING", "APPROVED", "REJECTED", "PAID", "FAILED", "CANCELLED"];
 /// How long an idempotency key's answer is kept.
 pub const KEY_TTL: chrono::Duration = chrono::Duration::hours(24);
@@ -377,8 +397,6 @@ async fn grant(
          ON CONFLICT DO NOTHING"
     );
     let take_stock = "UPDATE rewards SET remaining = remaining - 1 WHERE id = $1 AND remaining > 0";
-    let transition = "INSERT INTO claim_transitions (id, claim_id, from_status, to_status, actor_id, reason, at) \
-                      VALUES ($1, $2, NULL, $3, $4, NULL, $5)";
     let payout = "INSERT INTO payouts (claim_id, next_attempt_at) VALUES ($1, $2)";
     let remember =
         "UPDATE idempotency_keys SET response_status = 201, response_body = $1 WHERE user_id = $2 AND key = $3";
@@ -410,14 +428,7 @@ async fn grant(
             if limited && sqlx::query(take_stock).bind(&reward.id).execute(&mut *tx).await?.rows_affected() == 0 {
                 return Ok(Err(Refusal::OutOfStock));
             }
-            sqlx::query(transition)
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(&row.id)
-                .bind(&row.status)
-                .bind(&who.sub)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            record_transition!(tx, &row.id, None::<&str>, &row.status, &who.sub, None::<&str>, now);
             if !reward.requires_approval {
                 sqlx::query(payout).bind(&row.id).bind(now).execute(&mut *tx).await?;
             }
@@ -554,4 +565,144 @@ pub async fn get_one(
         Some(row) if staff || row.user_id == caller.0.sub => Ok(Json(ClaimView::from_row(&row))),
         _ => Err(Problem::not_found(format!("no claim `{id}`"))),
     }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    /// Why (shown to the player).
+    pub reason: String,
+}
+
+/// What a workflow step does, checked and applied in one transaction.
+enum Step {
+    Approve,
+    Reject(String),
+    Retry,
+}
+
+impl Step {
+    fn transition(&self) -> (&'static str, &'static str) {
+        match self {
+            Step::Approve => ("PENDING", "APPROVED"),
+            Step::Reject(_) => ("PENDING", "REJECTED"),
+            Step::Retry => ("FAILED", "APPROVED"),
+        }
+    }
+}
+
+/// Moves a claim along the workflow; an illegal move is 409, nothing changes.
+async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Result<ClaimView, Problem> {
+    let (from, to) = step.transition();
+    let now = to_micros(state.clock.now());
+    let select = format!("SELECT {CLAIM_COLUMNS} FROM reward_claims WHERE id = $1");
+    let reason = match &step {
+        Step::Reject(reason) => Some(reason.clone()),
+        _ => None,
+    };
+    // A rejected claim gives its slot and its unit of stock back.
+    let moved_sql = match step {
+        Step::Reject(_) => {
+            "UPDATE reward_claims SET status = $1, reason = $2, slot = NULL, processed_at = $3, updated_at = $3 \
+                            WHERE id = $4 AND status = $5"
+        }
+        _ => {
+            "UPDATE reward_claims SET status = $1, reason = $2, processed_at = $3, updated_at = $3 WHERE id = $4 AND status = $5"
+        }
+    };
+    let restock =
+        "UPDATE rewards SET remaining = remaining + 1 WHERE id = $1 AND stock IS NOT NULL AND remaining < stock";
+    let payout = "INSERT INTO payouts (claim_id, attempts, next_attempt_at) VALUES ($1, 0, $2) \
+                  ON CONFLICT (claim_id) DO UPDATE SET attempts = 0, next_attempt_at = $2, delivered_at = NULL";
+    let outcome: Result<Option<ClaimRow>, sqlx::Error> = async {
+        Ok(with_write_tx!(state.store(), |tx| {
+            let moved = sqlx::query(moved_sql)
+                .bind(to)
+                .bind(&reason)
+                .bind(now)
+                .bind(id)
+                .bind(from)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let row: Option<ClaimRow> = sqlx::query_as(&select).bind(id).fetch_optional(&mut *tx).await?;
+            if moved == 1 {
+                let row = row.as_ref().expect("the claim just moved");
+                if to == "REJECTED" {
+                    sqlx::query(restock).bind(&row.reward_id).execute(&mut *tx).await?;
+                }
+                if to == "APPROVED" {
+                    sqlx::query(payout).bind(id).bind(now).execute(&mut *tx).await?;
+                }
+                record_transition!(tx, id, Some(from), to, &actor.sub, reason.as_deref(), now);
+            }
+            row.filter(|_| moved == 1)
+        }))
+    }
+    .await;
+    match outcome? {
+        Some(row) => {
+            tracing::info!(claim_id = %id, from, to, by = %actor.sub, "claim moved");
+            Ok(ClaimView::from_row(&row))
+        }
+        None => {
+            let current: Option<ClaimRow> =
+                with_pool!(state.store(), |pool| sqlx::query_as(&select).bind(id).fetch_optional(pool).await)?;
+            match current {
+                None => Err(Problem::not_found(format!("no claim `{id}`"))),
+                Some(row) => Err(Problem::conflict(
+                    ProblemCode::Conflict,
+                    format!("a {} claim cannot become {to}; only a {from} one can", row.status),
+                )),
+            }
+        }
+    }
+}
+
+/// Approve a `PENDING` claim (OPERATOR, ADMIN): it is paid out next.
+#[utoipa::path(post, path = "/reward-claims/{id}/approve", tag = "claims", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = ClaimView), (status = 401, body = ProblemSchema), (status = 403, body = ProblemSchema),
+        (status = 404, body = ProblemSchema), (status = 409, description = "Not PENDING", body = ProblemSchema)))]
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ClaimView>, Problem> {
+    let actor = caller.require(&[Role::Operator, Role::Admin])?;
+    Ok(Json(step(&state, actor, &id, Step::Approve).await?))
+}
+
+/// Reject a `PENDING` claim with a reason (OPERATOR, ADMIN): its stock returns.
+#[utoipa::path(post, path = "/reward-claims/{id}/reject", tag = "claims", params(("id" = String, Path)),
+    request_body = RejectRequest, security(("bearer" = [])),
+    responses((status = 200, body = ClaimView), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
+        (status = 403, body = ProblemSchema), (status = 404, body = ProblemSchema),
+        (status = 409, description = "Not PENDING", body = ProblemSchema)))]
+pub async fn reject(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<RejectRequest>,
+) -> Result<Json<ClaimView>, Problem> {
+    let actor = caller.require(&[Role::Operator, Role::Admin])?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(Problem::invalid_field("reason", "1 to 500 characters"));
+    }
+    Ok(Json(step(&state, actor, &id, Step::Reject(reason.to_owned())).await?))
+}
+
+/// Requeue a `FAILED` payout (OPERATOR, ADMIN).
+#[utoipa::path(post, path = "/reward-claims/{id}/retry", tag = "claims", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = ClaimView), (status = 401, body = ProblemSchema), (status = 403, body = ProblemSchema),
+        (status = 404, body = ProblemSchema), (status = 409, description = "Not FAILED", body = ProblemSchema)))]
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ClaimView>, Problem> {
+    let actor = caller.require(&[Role::Operator, Role::Admin])?;
+    Ok(Json(step(&state, actor, &id, Step::Retry).await?))
 }

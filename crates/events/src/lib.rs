@@ -11,6 +11,7 @@ pub mod condition;
 pub mod dates;
 pub mod evaluator;
 mod events;
+pub mod payout;
 mod rewards;
 pub mod rules;
 pub mod settings;
@@ -115,6 +116,9 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(claims::create, claims::list))
         .routes(routes!(claims::mine))
         .routes(routes!(claims::get_one))
+        .routes(routes!(claims::approve))
+        .routes(routes!(claims::reject))
+        .routes(routes!(claims::retry))
         .split_for_parts();
     // PATCH is an alias of PUT for partial updates.
     let router = router.route("/events/{id}", patch(events::update)).route("/rewards/{id}", patch(rewards::update));

@@ -20,6 +20,16 @@ pub struct EventsSettings {
     /// The time zone of date-only event dates and of day counting, unless an
     /// event names its own (IANA name).
     pub time_zone: String,
+    /// The game's inventory webhook; unset: the built-in ledger.
+    pub payout_webhook_url: Option<String>,
+    /// Attempts before a claim's payout is given up as `FAILED`.
+    pub payout_max_attempts: u32,
+    /// First retry delay in milliseconds (doubling, capped at 5 minutes).
+    pub payout_backoff_ms: u64,
+    /// How long one webhook call may take, in milliseconds.
+    pub payout_timeout_ms: u64,
+    /// How often the payout outbox is checked, in milliseconds.
+    pub payout_poll_ms: u64,
 }
 
 impl Default for EventsSettings {
@@ -30,6 +40,11 @@ impl Default for EventsSettings {
             max_connections: StoreOptions::default().max_connections,
             body_limit: rewards_kit::http::DEFAULT_BODY_LIMIT,
             time_zone: "Asia/Seoul".to_owned(),
+            payout_webhook_url: None,
+            payout_max_attempts: 8,
+            payout_backoff_ms: 500,
+            payout_timeout_ms: 5_000,
+            payout_poll_ms: 250,
         }
     }
 }

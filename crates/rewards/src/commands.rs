@@ -43,6 +43,7 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     let events_router = rewards_events::router(events.clone(), key.clone());
 
     tokio::spawn(outbox(&auth, &key, &settings).run(back.clone()));
+    tokio::spawn(rewards_events::payout::Dispatcher::new(events.clone()).run(back.clone()));
     let gateway_task: Task =
         tokio::spawn(server::serve_per_thread(rewards_gateway::NAME, gateway_listeners, gateway_router, front.clone()));
     let backend_tasks: Vec<Task> = vec![
@@ -133,7 +134,11 @@ pub async fn events(settings: Settings) -> anyhow::Result<()> {
     let listener = server::bind(rewards_events::NAME, settings.events.listen).await?;
     let state = rewards_events::open(&settings.events, &settings.events_database_url(), SharedClock::system()).await?;
     let router = rewards_events::router(state.clone(), key);
-    run_alone(rewards_events::NAME, listener, router, state.store().clone()).await
+    let shutdown = Shutdown::new();
+    tokio::spawn(rewards_events::payout::Dispatcher::new(state.clone()).run(shutdown.clone()));
+    let result = run_alone(rewards_events::NAME, listener, router, state.store().clone()).await;
+    shutdown.cancel();
+    result
 }
 
 async fn run_alone(

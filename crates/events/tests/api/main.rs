@@ -3,5 +3,6 @@
 mod audit;
 mod claims;
 mod events;
+mod payout;
 mod rewards;
 mod support;

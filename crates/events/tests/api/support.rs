@@ -22,10 +22,12 @@ pub fn at(text: &str) -> DateTime<Utc> {
 
 impl TestEvents {
     pub async fn start(store: TestStore) -> Self {
+        Self::start_with(store, EventsSettings::default()).await
+    }
+
+    pub async fn start_with(store: TestStore, settings: EventsSettings) -> Self {
         let clock = ManualClock::new(at("2026-11-24T03:00:00Z"));
-        let state = rewards_events::open(&EventsSettings::default(), &store.url, SharedClock::new(clock.clone()))
-            .await
-            .unwrap();
+        let state = rewards_events::open(&settings, &store.url, SharedClock::new(clock.clone())).await.unwrap();
         let key = IdentityKey::generate();
         let server = TestServer::spawn(rewards_events::router(state.clone(), key.clone())).await;
         Self { server, key, clock, state, store }
