@@ -298,11 +298,12 @@ async fn claim(state: &AppState, who: &Identity, body: &ClaimRequest, key: Optio
             "the event is not open for claims now",
         ));
     }
-    if live_claims(state, &who.sub, &reward.id).await? >= reward.per_user_limit {
+    let live = live_claims(state, &who.sub, &reward.id).await?;
+    if live >= reward.per_user_limit {
         return Err(duplicate(&reward));
     }
     check_condition(state, who, &event, &reward, now_us).await?;
-    grant(state, who, &event, &reward, now_us, key).await
+    grant(state, who, &event, &reward, now_us, key, live).await
 }
 
 fn duplicate(reward: &RewardRow) -> Problem {
@@ -376,6 +377,7 @@ async fn grant(
     reward: &RewardRow,
     now: i64,
     key: Option<&str>,
+    live: i64,
 ) -> Result<Answer, Problem> {
     let status = if reward.requires_approval { "PENDING" } else { "APPROVED" };
     let row = ClaimRow {
@@ -404,7 +406,9 @@ async fn grant(
     let outcome: Result<Result<(), Refusal>, sqlx::Error> = async {
         Ok(with_write_tx!(state.store(), |tx| {
             let mut slotted = false;
-            for slot in 1..=reward.per_user_limit {
+            // The slots after the ones seen taken first, then any freed since.
+            let limit = reward.per_user_limit;
+            for slot in (live + 1..=limit).chain(1..=live.min(limit)) {
                 let inserted = sqlx::query(&insert)
                     .bind(&row.id)
                     .bind(&row.user_id)
@@ -425,15 +429,17 @@ async fn grant(
             if !slotted {
                 return Ok(Err(Refusal::Duplicate));
             }
-            if limited && sqlx::query(take_stock).bind(&reward.id).execute(&mut *tx).await?.rows_affected() == 0 {
-                return Ok(Err(Refusal::OutOfStock));
-            }
             record_transition!(tx, &row.id, None::<&str>, &row.status, &who.sub, None::<&str>, now);
             if !reward.requires_approval {
                 sqlx::query(payout).bind(&row.id).bind(now).execute(&mut *tx).await?;
             }
             if let Some(key) = key {
                 sqlx::query(remember).bind(&body).bind(&who.sub).bind(key).execute(&mut *tx).await?;
+            }
+            // Stock last: the reward's row stays locked only from here to the
+            // commit, so a hot reward's claims queue for as short as can be.
+            if limited && sqlx::query(take_stock).bind(&reward.id).execute(&mut *tx).await?.rows_affected() == 0 {
+                return Ok(Err(Refusal::OutOfStock));
             }
             Ok(())
         }))

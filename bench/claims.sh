@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Claim throughput through the gateway, next to PostgreSQL's own single-insert
+# rate (pgbench, prepared statements, one insert per transaction) measured in
+# the same run on the same server.
+#
+# Two loads, each CONNECTIONS (64) connections for DURATION (10) seconds:
+#   distinct: distinct players over many unlimited rewards (no two requests
+#             contend for one row);
+#   hot:      every request claims one limited-stock reward.
+# Loopback only; needs wrk, pgbench and the local PostgreSQL (started by
+# .ci/run's steps or: pg_ctlcluster --skip-systemctl-redirect 15 main start).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+PLAYERS=${PLAYERS:-2000}
+REWARDS=${REWARDS:-50}
+PG_USER=${PG_USER:-postgres}
+DB=rewards_bench
+G=18190 A=18191 E=18192
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --quiet --bin rewards
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+psql -h 127.0.0.1 -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
+
+# The store's own rate: one prepared insert per transaction.
+psql -h 127.0.0.1 -U "$PG_USER" -d "$DB" -qc "CREATE TABLE bench_inserts (id BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, reward_id TEXT NOT NULL, created_at BIGINT NOT NULL)"
+echo "INSERT INTO bench_inserts (user_id, reward_id, created_at) VALUES ('u' || :client_id, 'r', 1);" > "$work/insert.sql"
+pg_tps=$(pgbench -h 127.0.0.1 -U "$PG_USER" -n -M prepared -c "$CONNECTIONS" -j 2 -T "$DURATION" -f "$work/insert.sql" "$DB" 2>/dev/null \
+  | awk '/^tps/ {print int($3)}')
+
+# The platform, events on PostgreSQL; cheap password hashing so that making
+# the players is quick (hashing is not what is measured), no rate limits.
+RUST_LOG=warn REWARDS_ADMIN_PASSWORD=bench-admin-password \
+REWARDS_AUTH__ARGON2_MEMORY_KIB=64 REWARDS_AUTH__ARGON2_ITERATIONS=1 REWARDS_AUTH__LOGIN_FAILURES_PER_ADDRESS=1000000 \
+REWARDS_GATEWAY__RATE_PER_ADDRESS=0 REWARDS_GATEWAY__RATE_PER_USER=0 \
+REWARDS_EVENTS__DATABASE_URL="postgres://$PG_USER@127.0.0.1:5432/$DB" REWARDS_EVENTS__MAX_CONNECTIONS=64 \
+  target/release/rewards up --data-dir "$work/data" --gateway-listen 127.0.0.1:$G --auth-listen 127.0.0.1:$A --events-listen 127.0.0.1:$E \
+  >"$work/rewards.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$G/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+
+python3 - "$G" "$PLAYERS" "$REWARDS" "$work" <<'PY'
+import json, sys, urllib.request, concurrent.futures
+port, players, rewards, work = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+base = f"http://127.0.0.1:{port}"
+def call(method, path, body=None, token=None):
+    req = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("content-type", "application/json")
+    if token: req.add_header("authorization", "Bearer " + token)
+    with urllib.request.urlopen(req) as r: return json.load(r)
+admin = call("POST", "/auth-service/auth/login", {"username": "admin", "password": "bench-admin-password"})["access_token"]
+event = call("POST", "/event-service/events", {"name": "bench", "condition": {"type": "none"}, "startDate": "2020-01-01",
+             "endDate": "2099-12-31", "status": "ACTIVE"}, admin)["id"]
+many = [call("POST", "/event-service/rewards", {"eventId": event, "name": f"r{i}", "type": "POINT", "details": {}, "quantity": 1}, admin)["id"]
+        for i in range(rewards)]
+hot = call("POST", "/event-service/rewards", {"eventId": event, "name": "hot", "type": "POINT", "details": {}, "quantity": 1,
+            "stock": 1000000000, "perUserLimit": 1000}, admin)["id"]
+def player(i):
+    name = f"bench{i}"
+    call("POST", "/auth-service/auth/signup", {"username": name, "password": "password-123"})
+    return call("POST", "/auth-service/auth/login", {"username": name, "password": "password-123"})["access_token"]
+with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    tokens = list(pool.map(player, range(players)))
+def lua(name, pairs):
+    with open(f"{work}/{name}.lua", "w") as f:
+        f.write("local pairs_ = {\n")
+        for token, reward in pairs:
+            f.write(f'  {{"{token}", "{reward}"}},\n')
+        # Each wrk thread walks its own stride of the list (thread-local Lua states).
+        f.write("}\nlocal n = 0\nlocal threads = 0\nwrk.method = 'POST'\n")
+        f.write("setup = function(thread)\n  thread:set('offset', threads)\n  threads = threads + 1\nend\n")
+        f.write("request = function()\n  local p = pairs_[((n * 2 + offset) % #pairs_) + 1]\n  n = n + 1\n")
+        f.write(f"  local body = '{{\"eventId\":\"{event}\",\"rewardId\":\"' .. p[2] .. '\"}}'\n")
+        f.write("  return wrk.format(nil, '/event-service/reward-claims', {['content-type']='application/json', ['authorization']='Bearer ' .. p[1]}, body)\nend\n")
+        f.write("done = function(summary, latency, requests)\n  io.write(string.format('RESULT %d %d %.3f %.3f\\n', summary.requests, summary.errors.status, latency:percentile(50)/1000, latency:percentile(99)/1000))\nend\n")
+# distinct: each (player, reward) pair once per cycle; hot: every player on the one reward.
+lua("distinct", [(tokens[i % players], many[(i // players) % rewards]) for i in range(players * rewards)])
+lua("hot", [(t, hot) for t in tokens])
+PY
+
+run() { # script -> "claims/s non2xx p50 p99"
+  local out
+  out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$work/$1.lua" "http://127.0.0.1:$G")
+  python3 - "$out" "$DURATION" <<'PY'
+import re, sys
+out, duration = sys.argv[1], float(sys.argv[2])
+requests, errors, p50, p99 = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+)", out).groups()
+ok = int(requests) - int(errors)
+print(f"{ok / duration:.0f} {errors} {p50} {p99}")
+PY
+}
+read -r d_rate d_err d_p50 d_p99 < <(run distinct)
+read -r h_rate h_err h_p50 h_p99 < <(run hot)
+exact=$(psql -h 127.0.0.1 -U "$PG_USER" -d "$DB" -Atc \
+  "SELECT (SELECT stock - remaining FROM rewards WHERE name = 'hot') = (SELECT COUNT(*) FROM reward_claims c JOIN rewards r ON r.id = c.reward_id WHERE r.name = 'hot' AND c.slot IS NOT NULL)")
+
+printf '\n%s, %s connections, %s s each, on %s cores (wrk, PostgreSQL and the platform share them)\n' "$(date -u +%F)" "$CONNECTIONS" "$DURATION" "$(nproc)"
+printf '%-44s %12s %10s %10s %10s\n' load 'per second' 'p50 ms' 'p99 ms' 'non-201'
+printf '%-44s %12s\n' 'pgbench: one prepared insert per transaction' "$pg_tps"
+printf '%-44s %12s %10s %10s %10s\n' 'claims, distinct players x many rewards' "$d_rate" "$d_p50" "$d_p99" "$d_err"
+printf '%-44s %12s %10s %10s %10s\n' 'claims, one hot limited-stock reward' "$h_rate" "$h_p50" "$h_p99" "$h_err"
+python3 -c "print(f'ratios to pgbench: distinct {$d_rate / $pg_tps:.2f}x, hot {$h_rate / $pg_tps:.2f}x (targets: >= 1.00x and >= 0.80x, p99 < 50 ms)')"
+echo "hot reward stock arithmetic exact (granted = stock consumed): $exact"
