@@ -67,21 +67,22 @@ def player(i):
     return call("POST", "/auth-service/auth/login", {"username": name, "password": "password-123"})["access_token"]
 with concurrent.futures.ThreadPoolExecutor(16) as pool:
     tokens = list(pool.map(player, range(players)))
-def lua(name, pairs):
+def lua(name, rewards_):
+    # Request i claims rewards_[(i / players) % #rewards_] as tokens[i % players]:
+    # every (player, reward) pair once per cycle. Each wrk thread walks its own
+    # stride (thread-local Lua states).
     with open(f"{work}/{name}.lua", "w") as f:
-        f.write("local pairs_ = {\n")
-        for token, reward in pairs:
-            f.write(f'  {{"{token}", "{reward}"}},\n')
-        # Each wrk thread walks its own stride of the list (thread-local Lua states).
-        f.write("}\nlocal n = 0\nlocal threads = 0\nwrk.method = 'POST'\n")
+        f.write("local tokens = {\n" + "".join(f'  "{t}",\n' for t in tokens) + "}\n")
+        f.write("local rewards = {\n" + "".join(f'  "{r}",\n' for r in rewards_) + "}\n")
+        f.write("local n = 0\nlocal threads = 0\nwrk.method = 'POST'\n")
         f.write("setup = function(thread)\n  thread:set('offset', threads)\n  threads = threads + 1\nend\n")
-        f.write("request = function()\n  local p = pairs_[((n * 2 + offset) % #pairs_) + 1]\n  n = n + 1\n")
-        f.write(f"  local body = '{{\"eventId\":\"{event}\",\"rewardId\":\"' .. p[2] .. '\"}}'\n")
-        f.write("  return wrk.format(nil, '/event-service/reward-claims', {['content-type']='application/json', ['authorization']='Bearer ' .. p[1]}, body)\nend\n")
+        f.write("request = function()\n  local i = n * 2 + offset\n  n = n + 1\n")
+        f.write("  local token = tokens[(i % #tokens) + 1]\n  local reward = rewards[(math.floor(i / #tokens) % #rewards) + 1]\n")
+        f.write(f"  local body = '{{\"eventId\":\"{event}\",\"rewardId\":\"' .. reward .. '\"}}'\n")
+        f.write("  return wrk.format(nil, '/event-service/reward-claims', {['content-type']='application/json', ['authorization']='Bearer ' .. token}, body)\nend\n")
         f.write("done = function(summary, latency, requests)\n  io.write(string.format('RESULT %d %d %.3f %.3f\\n', summary.requests, summary.errors.status, latency:percentile(50)/1000, latency:percentile(99)/1000))\nend\n")
-# distinct: each (player, reward) pair once per cycle; hot: every player on the one reward.
-lua("distinct", [(tokens[i % players], many[(i // players) % rewards]) for i in range(players * rewards)])
-lua("hot", [(t, hot) for t in tokens])
+lua("distinct", many)
+lua("hot", [hot])
 PY
 
 run() { # script -> "claims/s non2xx p50 p99"
