@@ -22,6 +22,7 @@ use axum::Router;
 use axum::routing::get;
 use rewards_kit::clock::SharedClock;
 use rewards_kit::identity::{IdentityKey, Role};
+use rewards_kit::openapi::BearerAuth;
 use rewards_kit::store::{Migrations, Store};
 use sqlx::migrate::Migrator;
 use utoipa::OpenApi;
@@ -140,19 +141,6 @@ fn generate_password() -> String {
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
-        );
-    }
-}
 
 /// The routes with their OpenAPI document.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {

@@ -8,6 +8,7 @@
 //! makes them.
 
 use chrono::{DateTime, Utc};
+use rewards_kit::audit::AuditRecord;
 use rewards_kit::clock::{from_micros, to_micros};
 use rewards_kit::identity::Role;
 use rewards_kit::page::{PageRequest, keyset_condition};
@@ -91,19 +92,6 @@ macro_rules! enqueue {
             .execute(&mut *$tx)
             .await?
     };
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AuditRecord {
-    pub id: String,
-    pub created_at: i64,
-    pub actor_id: String,
-    pub actor_name: String,
-    pub entity: String,
-    pub entity_id: String,
-    pub action: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

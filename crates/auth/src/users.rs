@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use rewards_kit::clock::from_micros;
+use rewards_kit::audit::{AuditPage, AuditView};
 use rewards_kit::extract::{Json, Path, Query};
 use rewards_kit::identity::{Caller, Role};
 use rewards_kit::page::{Cursor, Page, PageRequest};
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::store::{AuditRecord, NewUser, StoreError, UserRecord};
+use crate::store::{NewUser, StoreError, UserRecord};
 
 /// A user as the API shows it. No password material, ever.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -91,37 +91,10 @@ pub struct AuditQuery {
     pub cursor: Option<String>,
 }
 
-/// One recorded change.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditView {
-    pub id: String,
-    pub at: DateTime<Utc>,
-    pub actor: AuditActor,
-    pub entity: String,
-    pub entity_id: String,
-    pub action: String,
-    pub before: Option<serde_json::Value>,
-    pub after: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditActor {
-    pub id: String,
-    pub username: String,
-}
-
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserPage {
     pub items: Vec<UserView>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditPage {
-    pub items: Vec<AuditView>,
     pub next_cursor: Option<String>,
 }
 
@@ -167,12 +140,7 @@ fn check_credentials(username: &str, password: &str, extra: Option<FieldError>) 
         errors.extend(p.errors.clone());
     }
     errors.extend(extra);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
-        Err(Problem::validation(detail, errors))
-    }
+    if errors.is_empty() { Ok(()) } else { Err(Problem::fields(errors)) }
 }
 
 fn taken(username: &str) -> Problem {
@@ -342,21 +310,7 @@ pub async fn audit(
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
     let rows = state.db.list_audit(query.entity.as_deref(), query.actor.as_deref(), &page).await?;
     let page = Page::from_rows(rows, &page, |r| Cursor { at: r.created_at, id: r.id.clone() });
-    Ok(Json(page.map(audit_view)))
-}
-
-fn audit_view(record: AuditRecord) -> AuditView {
-    let json = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
-    AuditView {
-        id: record.id,
-        at: from_micros(record.created_at),
-        actor: AuditActor { id: record.actor_id, username: record.actor_name },
-        entity: record.entity,
-        entity_id: record.entity_id,
-        action: record.action,
-        before: json(record.before),
-        after: json(record.after),
-    }
+    Ok(Json(page.map(AuditView::from)))
 }
 
 #[cfg(test)]

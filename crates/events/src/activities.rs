@@ -123,13 +123,7 @@ pub fn validate(batch: ActivityBatch, now: DateTime<Utc>) -> Result<Vec<Activity
             amount,
         });
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        let detail =
-            errors.iter().take(5).map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
-        Err(Problem::validation(detail, errors))
-    }
+    if errors.is_empty() { Ok(out) } else { Err(Problem::fields(errors)) }
 }
 
 /// Record a batch of activities (OPERATOR, ADMIN, internal services).

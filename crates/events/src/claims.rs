@@ -498,8 +498,7 @@ async fn list_claims(state: &AppState, query: ClaimQuery, only_user: Option<&str
     let from = instant(query.from.as_deref(), "from", &mut errors);
     let to = instant(query.to.as_deref(), "to", &mut errors);
     if !errors.is_empty() {
-        let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
-        return Err(Problem::validation(detail, errors));
+        return Err(Problem::fields(errors));
     }
     let user = only_user.map(str::to_owned).or(query.user_id);
     let sql = format!(

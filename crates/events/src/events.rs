@@ -140,11 +140,6 @@ fn check_description(text: &str) -> Result<(), FieldError> {
     if text.chars().count() <= 2000 { Ok(()) } else { Err(FieldError::new("description", "at most 2000 characters")) }
 }
 
-fn fail(errors: Vec<FieldError>) -> Problem {
-    let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
-    Problem::validation(detail, errors)
-}
-
 /// The event's window and condition checked together: dates parse, the end is
 /// not before the start, and the condition can be met within the window.
 struct Window {
@@ -212,7 +207,7 @@ pub async fn create(
         check_possible(condition, window, tz, &mut errors);
     }
     let (Some(condition), Some(window), true) = (condition, window, errors.is_empty()) else {
-        return Err(fail(errors));
+        return Err(Problem::fields(errors));
     };
     let now = to_micros(state.clock.now());
     let row = EventRow {
@@ -258,7 +253,7 @@ pub async fn list(
         None => None,
     };
     if !errors.is_empty() {
-        return Err(fail(errors));
+        return Err(Problem::fields(errors));
     }
     let filter = if is_staff(&caller.0) {
         EventFilter { status: query.status, active_at }
@@ -375,7 +370,7 @@ fn apply_update(current: &EventRow, body: &UpdateEvent, now: i64) -> Result<(Eve
         errors.push(FieldError::new("$", "nothing to change"));
     }
     let (Some(condition), Some(window), true) = (condition, window, errors.is_empty()) else {
-        return Err(fail(errors));
+        return Err(Problem::fields(errors));
     };
     next.condition = condition.to_json().to_string();
     next.start_at = to_micros(window.start);

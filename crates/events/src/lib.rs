@@ -24,9 +24,11 @@ use axum::extract::State;
 use axum::routing::{get, patch};
 use chrono::{DateTime, Utc};
 use rewards_kit::Problem;
+use rewards_kit::audit::{AuditPage, AuditView};
 use rewards_kit::clock::{SharedClock, from_micros};
 use rewards_kit::extract::{Json, Query};
 use rewards_kit::identity::{Caller, IdentityKey, Role};
+use rewards_kit::openapi::BearerAuth;
 use rewards_kit::page::{Cursor, Page, PageRequest};
 use rewards_kit::problem::ProblemSchema;
 use rewards_kit::store::{Migrations, Store};
@@ -38,7 +40,7 @@ use utoipa_axum::routes;
 
 pub use settings::EventsSettings;
 
-use crate::store::{AuditRecord, CatalogStore};
+use crate::store::CatalogStore;
 
 /// The service's name in logs and readiness reports.
 pub const NAME: &str = "events";
@@ -90,19 +92,6 @@ pub async fn open(settings: &EventsSettings, url: &str, clock: SharedClock) -> a
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
-        );
-    }
-}
 
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -198,35 +187,6 @@ pub struct AuditQuery {
     pub cursor: Option<String>,
 }
 
-/// One recorded change: who, when, what, before and after.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditView {
-    pub id: String,
-    pub at: DateTime<Utc>,
-    pub actor: AuditActor,
-    pub entity: String,
-    pub entity_id: String,
-    pub action: String,
-    #[schema(value_type = Option<Object>)]
-    pub before: Option<serde_json::Value>,
-    #[schema(value_type = Option<Object>)]
-    pub after: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditActor {
-    pub id: String,
-    pub username: String,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditPage {
-    pub items: Vec<AuditView>,
-    pub next_cursor: Option<String>,
-}
-
 /// The audit trail of events and rewards, newest first (AUDITOR, ADMIN).
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
     responses((status = 200, body = AuditPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
@@ -246,19 +206,5 @@ async fn audit(
         .list_audit(query.entity.as_deref(), query.entity_id.as_deref(), query.actor.as_deref(), &page)
         .await?;
     let page = Page::from_rows(rows, &page, |r| Cursor { at: r.created_at, id: r.id.clone() });
-    Ok(Json(page.map(audit_view)))
-}
-
-fn audit_view(record: AuditRecord) -> AuditView {
-    let json = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
-    AuditView {
-        id: record.id,
-        at: from_micros(record.created_at),
-        actor: AuditActor { id: record.actor_id, username: record.actor_name },
-        entity: record.entity,
-        entity_id: record.entity_id,
-        action: record.action,
-        before: json(record.before),
-        after: json(record.after),
-    }
+    Ok(Json(page.map(AuditView::from)))
 }

@@ -127,11 +127,6 @@ pub struct RewardPage {
     pub next_cursor: Option<String>,
 }
 
-fn fail(errors: Vec<FieldError>) -> Problem {
-    let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
-    Problem::validation(detail, errors)
-}
-
 /// Checks the fields a reward is made of; pushes every problem found.
 fn check_fields(
     name: &str,
@@ -194,7 +189,7 @@ pub async fn create(
     let details = check_fields(&body.name, &body.kind, &body.details, body.quantity, per_user_limit, &mut errors);
     check_stock(body.stock, &mut errors);
     let (Some(details), true) = (details, errors.is_empty()) else {
-        return Err(fail(errors));
+        return Err(Problem::fields(errors));
     };
     let now = to_micros(state.clock.now());
     let row = RewardRow {
@@ -312,7 +307,7 @@ fn apply_update(current: &RewardRow, body: &UpdateReward, now: i64) -> Result<(R
         errors.push(FieldError::new("$", "nothing to change"));
     }
     let (Some(details), true) = (details, errors.is_empty()) else {
-        return Err(fail(errors));
+        return Err(Problem::fields(errors));
     };
     next.details = Value::Object(details).to_string();
     if let Some(stock) = body.stock {

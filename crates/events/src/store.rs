@@ -7,6 +7,7 @@
 //! one reward cannot lose each other's change, and stock arithmetic stays in
 //! that transaction.
 
+use rewards_kit::audit::AuditRecord;
 use rewards_kit::page::{PageRequest, keyset_condition};
 use rewards_kit::store::Store;
 use rewards_kit::{Problem, with_pool, with_write_tx};
@@ -43,19 +44,6 @@ pub struct RewardRow {
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AuditRecord {
-    pub id: String,
-    pub created_at: i64,
-    pub actor_id: String,
-    pub actor_name: String,
-    pub entity: String,
-    pub entity_id: String,
-    pub action: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
 }
 
 /// Who made a change, and the record of it.

@@ -8,12 +8,14 @@
 //! gateway-to-service identity proof ([`identity`]) and graceful serving
 //! ([`server`]). Domain logic lives in the service crates, never here.
 
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod extract;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod openapi;
 pub mod page;
 pub mod problem;
 pub mod rules;

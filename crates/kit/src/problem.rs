@@ -221,6 +221,13 @@ impl Problem {
         p
     }
 
+    /// A 400 listing every offending field (the detail names the first few).
+    pub fn fields(errors: Vec<FieldError>) -> Self {
+        let detail =
+            errors.iter().take(5).map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+        Self::validation(detail, errors)
+    }
+
     /// A single offending field.
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
         let error = FieldError::new(field, message);

@@ -208,3 +208,38 @@ pub async fn assert_unready(server: &TestServer) {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["checks"]["store"]["status"], "down");
 }
+
+/// Sends `n` requests released together by a barrier (real concurrency, real
+/// HTTP); returns each answer's status and JSON body.
+pub async fn all_at_once(
+    n: usize,
+    make: impl Fn(usize) -> reqwest::RequestBuilder,
+) -> Vec<(reqwest::StatusCode, serde_json::Value)> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let request = make(i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let response = request.send().await.expect("the request reaches the server");
+                let status = response.status();
+                (status, response.json::<serde_json::Value>().await.unwrap_or(serde_json::Value::Null))
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await.expect("request task"));
+    }
+    results
+}
+
+/// How many answers have `status` (and, when given, problem `code`).
+pub fn count(
+    results: &[(reqwest::StatusCode, serde_json::Value)],
+    status: reqwest::StatusCode,
+    code: Option<&str>,
+) -> usize {
+    results.iter().filter(|(s, b)| *s == status && code.is_none_or(|c| b["code"] == c)).count()
+}

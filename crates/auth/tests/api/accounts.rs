@@ -92,8 +92,8 @@ async fn concurrent_signups_of_one_username_yield_exactly_one_account(store: Tes
             .json(&json!({ "username": names[i % names.len()], "password": format!("password-{i}") }))
     })
     .await;
-    assert_eq!(count(&results, StatusCode::CREATED), 1, "{results:?}");
-    assert_eq!(count(&results, StatusCode::CONFLICT), 23, "{results:?}");
+    assert_eq!(count(&results, StatusCode::CREATED, None), 1, "{results:?}");
+    assert_eq!(count(&results, StatusCode::CONFLICT, None), 23, "{results:?}");
     assert!(results.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).all(|(_, b)| b["code"] == "USERNAME_TAKEN"));
     let admin = auth.admin().await;
     let found: Value = auth.get("/users?q=racer", Some(&admin)).await.json().await.unwrap();

@@ -124,8 +124,8 @@ async fn concurrent_refreshes_of_one_token_let_exactly_one_through(store: TestSt
     let results =
         all_at_once(20, |_| auth.call(Method::POST, "/auth/refresh", None).json(&json!({ "refresh_token": token })))
             .await;
-    assert_eq!(count(&results, StatusCode::OK), 1, "{results:?}");
-    assert_eq!(count(&results, StatusCode::UNAUTHORIZED), 19, "{results:?}");
+    assert_eq!(count(&results, StatusCode::OK, None), 1, "{results:?}");
+    assert_eq!(count(&results, StatusCode::UNAUTHORIZED, None), 19, "{results:?}");
 }
 
 async fn refresh_tokens_expire(store: TestStore) {

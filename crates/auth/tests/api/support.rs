@@ -1,7 +1,6 @@
 //! Starting the auth service for a test and calling it as the gateway would.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use rewards_auth::{AppState, AuthSettings};
@@ -9,7 +8,8 @@ use rewards_kit::clock::{ManualClock, SharedClock};
 use rewards_kit::identity::{IDENTITY_HEADER, Identity, IdentityKey, Role, Vouched};
 use rewards_kit::testing::{TestServer, TestStore};
 use serde_json::{Value, json};
-use tokio::sync::Barrier;
+
+pub use rewards_kit::testing::{all_at_once, count};
 
 pub const ADMIN_PASSWORD: &str = "bootstrap-admin-pw";
 
@@ -114,30 +114,4 @@ pub async fn problem(response: Response, status: StatusCode, code: &str) -> Valu
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], code, "{body}");
     body
-}
-
-/// Sends `n` requests released together by a barrier; returns their statuses.
-pub async fn all_at_once(n: usize, make: impl Fn(usize) -> RequestBuilder) -> Vec<(StatusCode, Value)> {
-    let barrier = Arc::new(Barrier::new(n));
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let barrier = barrier.clone();
-            let request = make(i);
-            tokio::spawn(async move {
-                barrier.wait().await;
-                let response = request.send().await.unwrap();
-                let status = response.status();
-                (status, response.json::<Value>().await.unwrap_or(Value::Null))
-            })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(n);
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-    results
-}
-
-pub fn count(results: &[(StatusCode, Value)], status: StatusCode) -> usize {
-    results.iter().filter(|(s, _)| *s == status).count()
 }

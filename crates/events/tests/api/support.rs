@@ -8,6 +8,8 @@ use rewards_kit::identity::{IDENTITY_HEADER, Identity, IdentityKey, Role};
 use rewards_kit::testing::{TestServer, TestStore};
 use serde_json::{Value, json};
 
+pub use rewards_kit::testing::{all_at_once, count};
+
 pub struct TestEvents {
     pub server: TestServer,
     pub key: IdentityKey,
@@ -109,30 +111,4 @@ pub fn fields(problem: &Value) -> Vec<String> {
         .as_array()
         .map(|e| e.iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect())
         .unwrap_or_default()
-}
-
-/// Sends `n` requests released together by a barrier; returns their statuses and bodies.
-pub async fn all_at_once(n: usize, make: impl Fn(usize) -> RequestBuilder) -> Vec<(StatusCode, Value)> {
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let barrier = barrier.clone();
-            let request = make(i);
-            tokio::spawn(async move {
-                barrier.wait().await;
-                let response = request.send().await.unwrap();
-                let status = response.status();
-                (status, response.json::<Value>().await.unwrap_or(Value::Null))
-            })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(n);
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-    results
-}
-
-pub fn count(results: &[(StatusCode, Value)], status: StatusCode, code: Option<&str>) -> usize {
-    results.iter().filter(|(s, b)| *s == status && code.is_none_or(|c| b["code"] == c)).count()
 }
