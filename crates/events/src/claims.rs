@@ -55,6 +55,10 @@ pub(crate) use record_transition;
 pub const STATUSES: [&str; 6] = ["PENDING", "APPROVED", "REJECTED", "PAID", "FAILED", "CANCELLED"];
 /// How long an idempotency key's answer is kept.
 pub const KEY_TTL: chrono::Duration = chrono::Duration::hours(24);
+/// A key still "in progress" after this long belongs to a request that died
+/// before its transaction committed (a committed claim stores its answer in
+/// that transaction): it is taken over.
+pub const KEY_LEASE: chrono::Duration = chrono::Duration::seconds(30);
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimRow {
@@ -152,6 +156,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     }
 }
 
+/// An idempotency key's row: request hash, answer (status, body), expiry, creation.
+type KeyRow = (String, Option<i64>, Option<String>, i64, i64);
+
 enum KeyState {
     Fresh,
     Replay(Answer),
@@ -163,9 +170,12 @@ async fn begin_key(state: &AppState, user: &str, key: &str, hash: &str) -> Resul
     let expires = to_micros(state.clock.now() + KEY_TTL);
     let insert = "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at) \
                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
-    let select = "SELECT request_hash, response_status, response_body, expires_at FROM idempotency_keys \
+    let select = "SELECT request_hash, response_status, response_body, expires_at, created_at FROM idempotency_keys \
                   WHERE user_id = $1 AND key = $2";
     let expire = "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at < $3";
+    let abandoned =
+        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND response_status IS NULL AND created_at < $3";
+    let lease_start = to_micros(state.clock.now() - KEY_LEASE);
     for _ in 0..2 {
         let inserted = with_pool!(state.store(), |pool| {
             sqlx::query(insert)
@@ -181,18 +191,20 @@ async fn begin_key(state: &AppState, user: &str, key: &str, hash: &str) -> Resul
         if inserted == 1 {
             return Ok(KeyState::Fresh);
         }
-        let row: Option<(String, Option<i64>, Option<String>, i64)> = with_pool!(state.store(), |pool| {
+        let row: Option<KeyRow> = with_pool!(state.store(), |pool| {
             sqlx::query_as(select).bind(user).bind(key).fetch_optional(pool).await
         })?;
-        let Some((stored_hash, status, body, expires_at)) = row else { continue };
+        let Some((stored_hash, status, body, expires_at, created_at)) = row else { continue };
         if expires_at < now {
-            with_pool!(state.store(), |pool| sqlx::query(expire)
-                .bind(user)
-                .bind(key)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(drop))?;
+            with_pool!(state.store(), |pool| {
+                sqlx::query(expire).bind(user).bind(key).bind(now).execute(pool).await.map(drop)
+            })?;
+            continue;
+        }
+        if status.is_none() && created_at < lease_start {
+            with_pool!(state.store(), |pool| {
+                sqlx::query(abandoned).bind(user).bind(key).bind(lease_start).execute(pool).await.map(drop)
+            })?;
             continue;
         }
         if stored_hash != hash {

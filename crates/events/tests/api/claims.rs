@@ -1,6 +1,7 @@
 //! Claims: the contract's order of answers, and exact outcomes under races.
 
 use reqwest::{Method, StatusCode};
+use rewards_kit::clock::Clock;
 use rewards_kit::identity::Role;
 use rewards_kit::store_tests;
 use rewards_kit::testing::TestStore;
@@ -191,6 +192,33 @@ async fn one_idempotency_key_makes_one_claim(store: TestStore) {
 
     let mine: Value = events.send(Method::GET, "/reward-claims/me", Some(&pat), None).await.json().await.unwrap();
     assert_eq!(mine["items"].as_array().unwrap().len(), 1, "one claim for fifty requests and a repeat");
+
+    // A key left "in progress" by a request that died before committing is
+    // 409 while its lease runs, then taken over.
+    let hash = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(
+            serde_json::to_string(&json!({ "eventId": event, "rewardId": reward })).unwrap().as_bytes(),
+        );
+        digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let now = events.clock.now().timestamp_micros();
+    rewards_kit::with_pool!(events.state.store(), |pool| {
+        sqlx::query("INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at) VALUES ($1, 'orphan', $2, $3, $4)")
+            .bind(&pat.sub)
+            .bind(&hash)
+            .bind(now)
+            .bind(now + 86_400_000_000)
+            .execute(pool)
+            .await
+            .unwrap()
+            .rows_affected()
+    });
+    let orphan =
+        || events.call(Method::POST, "/reward-claims", Some(&pat)).header("Idempotency-Key", "orphan").json(&body);
+    problem(orphan().send().await.unwrap(), StatusCode::CONFLICT, "IDEMPOTENCY_IN_PROGRESS").await;
+    events.clock.advance(chrono::Duration::seconds(31));
+    assert_eq!(orphan().send().await.unwrap().status(), StatusCode::CREATED);
 }
 
 async fn claim_history_for_players_and_staff(store: TestStore) {
