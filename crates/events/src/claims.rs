@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::commit::{Grant, Refusal};
 use crate::condition::Condition;
 use crate::dates;
 use crate::evaluator::{Ledger, window_of};
@@ -75,7 +76,7 @@ pub struct ClaimRow {
     pub updated_at: i64,
 }
 
-const CLAIM_COLUMNS: &str =
+pub(crate) const CLAIM_COLUMNS: &str =
     "id, user_id, event_id, reward_id, slot, status, reason, reward, created_at, processed_at, updated_at";
 
 /// A claim as the API shows it.
@@ -376,11 +377,6 @@ async fn check_condition(
     Err(problem)
 }
 
-enum Refusal {
-    Duplicate,
-    OutOfStock,
-}
-
 /// The decisive steps, in one transaction.
 async fn grant(
     state: &AppState,
@@ -406,57 +402,17 @@ async fn grant(
         updated_at: now,
     };
     let body = serde_json::to_string(&ClaimView::from_row(&row)).unwrap_or_default();
-    let insert = format!(
-        "INSERT INTO reward_claims ({CLAIM_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, NULL, $8) \
-         ON CONFLICT DO NOTHING"
-    );
-    let take_stock = "UPDATE rewards SET remaining = remaining - 1 WHERE id = $1 AND remaining > 0";
-    let payout = "INSERT INTO payouts (claim_id, next_attempt_at) VALUES ($1, $2)";
-    let remember =
-        "UPDATE idempotency_keys SET response_status = 201, response_body = $1 WHERE user_id = $2 AND key = $3";
-    let limited = reward.stock.is_some();
-    let outcome: Result<Result<(), Refusal>, sqlx::Error> = async {
-        Ok(with_write_tx!(state.store(), |tx| {
-            let mut slotted = false;
-            // The slots after the ones seen taken first, then any freed since.
-            let limit = reward.per_user_limit;
-            for slot in (live + 1..=limit).chain(1..=live.min(limit)) {
-                let inserted = sqlx::query(&insert)
-                    .bind(&row.id)
-                    .bind(&row.user_id)
-                    .bind(&row.event_id)
-                    .bind(&row.reward_id)
-                    .bind(slot)
-                    .bind(&row.status)
-                    .bind(&row.reward)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if inserted == 1 {
-                    slotted = true;
-                    break;
-                }
-            }
-            if !slotted {
-                return Ok(Err(Refusal::Duplicate));
-            }
-            record_transition!(tx, &row.id, None::<&str>, &row.status, &who.sub, None::<&str>, now);
-            if !reward.requires_approval {
-                sqlx::query(payout).bind(&row.id).bind(now).execute(&mut *tx).await?;
-            }
-            if let Some(key) = key {
-                sqlx::query(remember).bind(&body).bind(&who.sub).bind(key).execute(&mut *tx).await?;
-            }
-            // Stock last: the reward's row stays locked only from here to the
-            // commit, so a hot reward's claims queue for as short as can be.
-            if limited && sqlx::query(take_stock).bind(&reward.id).execute(&mut *tx).await?.rows_affected() == 0 {
-                return Ok(Err(Refusal::OutOfStock));
-            }
-            Ok(())
-        }))
-    }
-    .await;
+    let grant = Grant {
+        row: row.clone(),
+        actor: who.sub.clone(),
+        per_user_limit: reward.per_user_limit,
+        live,
+        limited: reward.stock.is_some(),
+        requires_approval: reward.requires_approval,
+        key: key.map(str::to_owned),
+        body: body.clone(),
+    };
+    let outcome = state.committer.grant(grant).await.map_err(|e| Problem::internal_from(format_args!("grant: {e}")));
     match outcome? {
         Ok(()) => {
             tracing::info!(claim_id = %row.id, user_id = %who.sub, reward_id = %reward.id, status, "reward claimed");

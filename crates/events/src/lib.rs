@@ -7,6 +7,7 @@
 
 pub mod activities;
 pub mod claims;
+pub mod commit;
 pub mod condition;
 pub mod dates;
 pub mod evaluator;
@@ -57,6 +58,8 @@ pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE_MIGRATIONS, pos
 /// Everything a request handler needs.
 pub struct Events {
     pub catalog: CatalogStore,
+    /// Writes grants in group commits.
+    pub committer: commit::Committer,
     pub clock: SharedClock,
     pub settings: EventsSettings,
 }
@@ -82,7 +85,8 @@ impl std::ops::Deref for AppState {
 pub async fn open(settings: &EventsSettings, url: &str, clock: SharedClock) -> anyhow::Result<AppState> {
     dates::time_zone(&settings.time_zone).map_err(anyhow::Error::msg)?;
     let store = rewards_kit::service::open_store(NAME, url, &settings.store_options(), &MIGRATIONS).await?;
-    Ok(AppState(Arc::new(Events { catalog: CatalogStore::new(store), clock, settings: settings.clone() })))
+    let committer = commit::Committer::start(store.clone());
+    Ok(AppState(Arc::new(Events { catalog: CatalogStore::new(store), committer, clock, settings: settings.clone() })))
 }
 
 #[derive(OpenApi)]
