@@ -8,7 +8,6 @@
 //! makes them.
 
 use chrono::{DateTime, Utc};
-use rewards_kit::audit::AuditRecord;
 use rewards_kit::clock::{from_micros, to_micros};
 use rewards_kit::identity::Role;
 use rewards_kit::page::{PageRequest, keyset_condition};
@@ -444,32 +443,6 @@ impl AuthStore {
     pub async fn outbox_pending(&self) -> Result<i64, sqlx::Error> {
         let sql = "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL";
         with_pool!(&self.store, |pool| sqlx::query_scalar(sql).fetch_one(pool).await)
-    }
-
-    /// Newest first; filtered by entity kind and actor id.
-    pub async fn list_audit(
-        &self,
-        entity: Option<&str>,
-        actor: Option<&str>,
-        page: &PageRequest,
-    ) -> Result<Vec<AuditRecord>, sqlx::Error> {
-        let sql = format!(
-            "SELECT id, created_at, actor_id, actor_name, entity, entity_id, action, before, after FROM audit_log \
-             WHERE {keyset} AND ($3 IS NULL OR entity = $3) AND ($4 IS NULL OR actor_id = $4) \
-             ORDER BY created_at DESC, id DESC LIMIT $5",
-            keyset = keyset_condition(1, 2)
-        );
-        let (at, id) = page.bounds();
-        with_pool!(&self.store, |pool| {
-            sqlx::query_as::<_, AuditRecord>(&sql)
-                .bind(at)
-                .bind(&id)
-                .bind(entity)
-                .bind(actor)
-                .bind(page.fetch())
-                .fetch_all(pool)
-                .await
-        })
     }
 }
 

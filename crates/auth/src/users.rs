@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use rewards_kit::audit::{AuditPage, AuditView};
+use rewards_kit::audit::{AuditFilter, AuditPage, AuditView};
 use rewards_kit::extract::{Json, Path, Query};
 use rewards_kit::identity::{Caller, Role};
 use rewards_kit::page::{Cursor, Page, PageRequest};
@@ -308,7 +308,8 @@ pub async fn audit(
 ) -> Result<Json<Page<AuditView>>, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
-    let rows = state.db.list_audit(query.entity.as_deref(), query.actor.as_deref(), &page).await?;
+    let filter = AuditFilter { entity: query.entity.as_deref(), entity_id: None, actor: query.actor.as_deref() };
+    let rows = rewards_kit::audit::list(state.db.inner(), filter, &page).await?;
     let page = Page::from_rows(rows, &page, |r| Cursor { at: r.created_at, id: r.id.clone() });
     Ok(Json(page.map(AuditView::from)))
 }

@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::routing::{get, patch};
 use chrono::{DateTime, Utc};
 use rewards_kit::Problem;
-use rewards_kit::audit::{AuditPage, AuditView};
+use rewards_kit::audit::{AuditFilter, AuditPage, AuditView};
 use rewards_kit::clock::{SharedClock, from_micros};
 use rewards_kit::extract::{Json, Query};
 use rewards_kit::identity::{Caller, IdentityKey, Role};
@@ -205,10 +205,12 @@ async fn audit(
     if query.entity.as_deref().is_some_and(|e| !["event", "reward"].contains(&e)) {
         return Err(Problem::invalid_field("entity", "must be event or reward"));
     }
-    let rows = state
-        .catalog
-        .list_audit(query.entity.as_deref(), query.entity_id.as_deref(), query.actor.as_deref(), &page)
-        .await?;
+    let filter = AuditFilter {
+        entity: query.entity.as_deref(),
+        entity_id: query.entity_id.as_deref(),
+        actor: query.actor.as_deref(),
+    };
+    let rows = rewards_kit::audit::list(state.store(), filter, &page).await?;
     let page = Page::from_rows(rows, &page, |r| Cursor { at: r.created_at, id: r.id.clone() });
     Ok(Json(page.map(AuditView::from)))
 }

@@ -7,7 +7,6 @@
 //! one reward cannot lose each other's change, and stock arithmetic stays in
 //! that transaction.
 
-use rewards_kit::audit::AuditRecord;
 use rewards_kit::page::{PageRequest, keyset_condition};
 use rewards_kit::store::Store;
 use rewards_kit::{Problem, with_pool, with_write_tx};
@@ -314,32 +313,5 @@ impl CatalogStore {
             next
         });
         Ok(updated)
-    }
-
-    pub async fn list_audit(
-        &self,
-        entity: Option<&str>,
-        entity_id: Option<&str>,
-        actor: Option<&str>,
-        page: &PageRequest,
-    ) -> Result<Vec<AuditRecord>, sqlx::Error> {
-        let sql = format!(
-            "SELECT id, created_at, actor_id, actor_name, entity, entity_id, action, before, after FROM audit_log \
-             WHERE {keyset} AND ($3 IS NULL OR entity = $3) AND ($4 IS NULL OR entity_id = $4) \
-             AND ($5 IS NULL OR actor_id = $5) ORDER BY created_at DESC, id DESC LIMIT $6",
-            keyset = keyset_condition(1, 2)
-        );
-        let (at, id) = page.bounds();
-        with_pool!(&self.store, |pool| {
-            sqlx::query_as::<_, AuditRecord>(&sql)
-                .bind(at)
-                .bind(&id)
-                .bind(entity)
-                .bind(entity_id)
-                .bind(actor)
-                .bind(page.fetch())
-                .fetch_all(pool)
-                .await
-        })
     }
 }

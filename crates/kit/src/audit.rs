@@ -67,3 +67,37 @@ impl From<AuditRecord> for AuditView {
         }
     }
 }
+
+/// Which records of the trail to list.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AuditFilter<'a> {
+    pub entity: Option<&'a str>,
+    pub entity_id: Option<&'a str>,
+    pub actor: Option<&'a str>,
+}
+
+/// A page of a service's `audit_log`, newest first.
+pub async fn list(
+    store: &crate::store::Store,
+    filter: AuditFilter<'_>,
+    page: &crate::page::PageRequest,
+) -> Result<Vec<AuditRecord>, sqlx::Error> {
+    let sql = format!(
+        "SELECT id, created_at, actor_id, actor_name, entity, entity_id, action, before, after FROM audit_log \
+         WHERE {keyset} AND ($3 IS NULL OR entity = $3) AND ($4 IS NULL OR entity_id = $4) \
+         AND ($5 IS NULL OR actor_id = $5) ORDER BY created_at DESC, id DESC LIMIT $6",
+        keyset = crate::page::keyset_condition(1, 2)
+    );
+    let (at, id) = page.bounds();
+    crate::with_pool!(store, |pool| {
+        sqlx::query_as::<_, AuditRecord>(&sql)
+            .bind(at)
+            .bind(&id)
+            .bind(filter.entity)
+            .bind(filter.entity_id)
+            .bind(filter.actor)
+            .bind(page.fetch())
+            .fetch_all(pool)
+            .await
+    })
+}
