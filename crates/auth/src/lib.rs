@@ -159,11 +159,6 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The service's OpenAPI document.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().1
-}
-
 /// The service's routes inside the kit's layer stack.
 pub fn router(state: AppState, key: IdentityKey) -> Router {
     let (routes, doc) = api();

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use rewards_kit::audit::{AuditFilter, AuditPage, AuditView};
+use rewards_kit::audit::{AuditFilter, AuditView};
 use rewards_kit::extract::{Json, Path, Query};
 use rewards_kit::identity::{Caller, Role};
 use rewards_kit::page::{Cursor, Page, PageRequest};
@@ -89,13 +89,6 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UserPage {
-    pub items: Vec<UserView>,
-    pub next_cursor: Option<String>,
 }
 
 /// The username rule: 3–30 of letters, digits, `_`, `-`, `.`.
@@ -226,7 +219,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Us
 
 /// List accounts, newest first (ADMIN).
 #[utoipa::path(get, path = "/users", tag = "accounts", params(UserListQuery), security(("bearer" = [])),
-    responses((status = 200, body = UserPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema), (status = 403, body = ProblemSchema)))]
+    responses((status = 200, body = Page<UserView>), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema), (status = 403, body = ProblemSchema)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -300,7 +293,7 @@ pub async fn set_roles(
 
 /// The audit trail of account changes, newest first (AUDITOR, ADMIN).
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
-    responses((status = 200, body = AuditPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema), (status = 403, body = ProblemSchema)))]
+    responses((status = 200, body = Page<AuditView>), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema), (status = 403, body = ProblemSchema)))]
 pub async fn audit(
     State(state): State<AppState>,
     caller: Caller,

@@ -439,13 +439,6 @@ pub struct ClaimQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimPage {
-    pub items: Vec<ClaimView>,
-    pub next_cursor: Option<String>,
-}
-
 fn instant(text: Option<&str>, field: &str, errors: &mut Vec<FieldError>) -> Option<i64> {
     match text.map(DateTime::parse_from_rfc3339) {
         Some(Ok(t)) => Some(to_micros(t.with_timezone(&Utc))),
@@ -497,7 +490,7 @@ async fn list_claims(state: &AppState, query: ClaimQuery, only_user: Option<&str
 
 /// The caller's own claims, newest first.
 #[utoipa::path(get, path = "/reward-claims/me", tag = "claims", params(ClaimQuery), security(("bearer" = [])),
-    responses((status = 200, body = ClaimPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema)))]
+    responses((status = 200, body = Page<ClaimView>), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema)))]
 pub async fn mine(
     State(state): State<AppState>,
     caller: Caller,
@@ -511,7 +504,7 @@ pub async fn mine(
 
 /// All claims, newest first (OPERATOR, AUDITOR, ADMIN).
 #[utoipa::path(get, path = "/reward-claims", tag = "claims", params(ClaimQuery), security(("bearer" = [])),
-    responses((status = 200, body = ClaimPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
+    responses((status = 200, body = Page<ClaimView>), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
         (status = 403, body = ProblemSchema)))]
 pub async fn list(
     State(state): State<AppState>,

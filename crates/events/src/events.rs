@@ -114,13 +114,6 @@ pub struct EventQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EventPage {
-    pub items: Vec<EventView>,
-    pub next_cursor: Option<String>,
-}
-
 /// Staff see every event; a player (USER and nothing more) sees only what
 /// it can claim.
 fn is_staff(identity: &Identity) -> bool {
@@ -233,7 +226,7 @@ pub async fn create(
 /// List events, newest first. Staff see all (filter by `status`, `activeAt`);
 /// a player sees only the events it can claim now.
 #[utoipa::path(get, path = "/events", tag = "events", params(EventQuery), security(("bearer" = [])),
-    responses((status = 200, body = EventPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema)))]
+    responses((status = 200, body = Page<EventView>), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::routing::{get, patch};
 use chrono::{DateTime, Utc};
 use rewards_kit::Problem;
-use rewards_kit::audit::{AuditFilter, AuditPage, AuditView};
+use rewards_kit::audit::{AuditFilter, AuditView};
 use rewards_kit::clock::{SharedClock, from_micros};
 use rewards_kit::extract::{Json, Query};
 use rewards_kit::identity::{Caller, IdentityKey, Role};
@@ -118,11 +118,6 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
-/// The service's OpenAPI document.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().1
-}
-
 /// The service's routes inside the kit's layer stack.
 pub fn router(state: AppState, key: IdentityKey) -> Router {
     let (routes, doc) = api();
@@ -193,7 +188,7 @@ pub struct AuditQuery {
 
 /// The audit trail of events and rewards, newest first (AUDITOR, ADMIN).
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
-    responses((status = 200, body = AuditPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
+    responses((status = 200, body = Page<AuditView>), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
         (status = 403, body = ProblemSchema)))]
 async fn audit(
     State(state): State<AppState>,

@@ -120,13 +120,6 @@ pub struct RewardQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RewardPage {
-    pub items: Vec<RewardView>,
-    pub next_cursor: Option<String>,
-}
-
 /// Checks the fields a reward is made of; pushes every problem found.
 fn check_fields(
     name: &str,
@@ -220,7 +213,7 @@ pub async fn create(
 
 /// List rewards, newest first (OPERATOR, AUDITOR, ADMIN).
 #[utoipa::path(get, path = "/rewards", tag = "rewards", params(RewardQuery), security(("bearer" = [])),
-    responses((status = 200, body = RewardPage), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
+    responses((status = 200, body = Page<RewardView>), (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema),
         (status = 403, body = ProblemSchema)))]
 pub async fn list(
     State(state): State<AppState>,

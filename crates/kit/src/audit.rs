@@ -44,14 +44,6 @@ pub struct AuditActor {
     pub username: String,
 }
 
-/// A page of the audit trail (for OpenAPI documents).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditPage {
-    pub items: Vec<AuditView>,
-    pub next_cursor: Option<String>,
-}
-
 impl From<AuditRecord> for AuditView {
     fn from(record: AuditRecord) -> Self {
         let json = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());

@@ -68,8 +68,8 @@ impl PageRequest {
     }
 }
 
-/// One page of a list.
-#[derive(Debug, Clone, Serialize)]
+/// One page of a list (also its OpenAPI schema: `body = Page<EventView>`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     pub items: Vec<T>,

@@ -130,12 +130,6 @@ pub fn find<'r>(rules: &'r [RouteRule], method: &Method, path: &str) -> Option<&
     rules.iter().filter(|r| r.matches(method, path)).min_by_key(|r| r.rank())
 }
 
-/// Whether any rule (of any method) covers `path` — a path known to the
-/// service but asked with another method.
-pub fn path_known(rules: &[RouteRule], path: &str) -> bool {
-    rules.iter().any(|r| pattern_matches(&r.path, path))
-}
-
 /// Service middleware: refuses a request its rule does not allow, before
 /// the handler runs. Paths without a rule go on (the router answers 404/405).
 pub async fn enforce(State(rules): State<Arc<[RouteRule]>>, request: Request, next: Next) -> Response {
@@ -177,8 +171,6 @@ mod tests {
         assert!(find(&rules, &Method::GET, "/auth/login").is_none());
         assert!(find(&rules, &Method::PUT, "/users/bob/roles").is_some());
         assert!(find(&rules, &Method::PUT, "/users//roles").is_none());
-        assert!(path_known(&rules, "/auth/login"));
-        assert!(!path_known(&rules, "/auth/logins"));
     }
 
     #[test]

@@ -172,35 +172,19 @@ async fn killed_mid_storm_loses_no_acknowledged_claim(store: TestStore) {
         .json()
         .await
         .unwrap();
-    let all: Value = caller
-        .send(
-            Method::GET,
-            &format!("/reward-claims?rewardId={}&limit=100", reward["id"].as_str().unwrap()),
-            &operator,
-            None,
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut live = all["items"].as_array().unwrap().len() as i64;
-    let mut cursor = all["nextCursor"].as_str().map(str::to_owned);
-    while let Some(c) = cursor {
-        let page: Value = caller
-            .send(
-                Method::GET,
-                &format!("/reward-claims?rewardId={}&limit=100&cursor={c}", reward["id"].as_str().unwrap()),
-                &operator,
-                None,
-            )
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let mut live = 0i64;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/reward-claims?rewardId={}&limit=100", reward["id"].as_str().unwrap());
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = caller.send(Method::GET, &path, &operator, None).await.unwrap().json().await.unwrap();
         live += page["items"].as_array().unwrap().len() as i64;
         cursor = page["nextCursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
     }
     assert!(live >= acknowledged.len() as i64);
     assert_eq!(reward_now["remaining"].as_i64().unwrap() + live, 150, "stock consumed equals claims granted");
