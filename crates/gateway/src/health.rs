@@ -51,7 +51,7 @@ async fn probe_all(gw: &Arc<Gateway>) {
     while probes.join_next().await.is_some() {}
 }
 
-async fn probe(client: &crate::proxy::Client, instance: &Instance, timeout: Duration) -> bool {
+async fn probe(client: &crate::upstream::Client, instance: &Instance, timeout: Duration) -> bool {
     let Ok(uri) = instance.uri("/health") else { return false };
     let Ok(request) = Request::get(uri).body(Body::empty()) else { return false };
     matches!(tokio::time::timeout(timeout, client.request(request)).await, Ok(Ok(r)) if r.status().is_success())

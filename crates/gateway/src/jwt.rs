@@ -5,11 +5,16 @@
 //! fetched at start, refetched when a token names an unknown `kid` (at most
 //! once per [`REFETCH_GAP`], so garbage `kid`s cannot make us hammer the auth
 //! service), and refreshed periodically. A verified token is remembered until
-//! it expires, so a client's many requests cost one signature check.
+//! it expires, so a client's many requests cost one signature check: in a
+//! cache shared by the serving threads, and in front of it one per thread
+//! (a lookup there touches nothing another core writes).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,11 +23,11 @@ use axum::body::Body;
 use axum::http::{Request, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rewards_kit::Problem;
-use rewards_kit::identity::{Identity, Role};
+use rewards_kit::identity::{Identity, Role, Vouched, payload_of};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::proxy::Client;
+use crate::upstream::Client;
 
 /// The shortest time between two JWKS fetches triggered by unknown `kid`s.
 const REFETCH_GAP: Duration = Duration::from_secs(5);
@@ -53,14 +58,49 @@ struct Jwk {
 /// A verified token's identity, remembered until the token expires.
 type Entry = (Arc<Identity>, i64);
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A verified token as one serving thread remembers it.
+pub struct Verified {
+    pub identity: Arc<Identity>,
+    exp: i64,
+    verifier: u64,
+    /// The identity proof's payload for the address this token last came from.
+    payload: RefCell<Option<(IpAddr, Rc<str>)>>,
+}
+
+impl Verified {
+    /// The proof payload vouching for this caller at `ip`.
+    pub fn payload_for(&self, ip: IpAddr) -> Rc<str> {
+        let mut cached = self.payload.borrow_mut();
+        match &*cached {
+            Some((at, payload)) if *at == ip => payload.clone(),
+            _ => {
+                let vouched = Vouched { caller: Some((*self.identity).clone()), client_ip: Some(ip) };
+                let payload: Rc<str> = payload_of(&vouched).into();
+                *cached = Some((ip, payload.clone()));
+                payload
+            }
+        }
+    }
+}
+
+thread_local! {
+    static VERIFIED: RefCell<FastMap<Box<str>, Rc<Verified>>> = RefCell::new(FastMap::default());
+}
+
 pub struct Verifier {
+    /// Tells this verifier's entries in the per-thread caches from another's.
+    id: u64,
     jwks_url: Uri,
     client: Client,
     keys: ArcSwap<HashMap<String, DecodingKey>>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
-    cache: Vec<RwLock<HashMap<Box<str>, Entry>>>,
+    cache: Vec<RwLock<FastMap<Box<str>, Entry>>>,
     per_shard: usize,
+    per_thread: usize,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Verifier {
@@ -71,25 +111,54 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             jwks_url,
             client,
             keys: ArcSwap::from_pointee(HashMap::new()),
             last_fetch: Mutex::new(None),
             validation,
-            cache: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            cache: (0..SHARDS).map(|_| RwLock::new(FastMap::default())).collect(),
             per_shard: (cache_size / SHARDS).max(1),
+            per_thread: cache_size.max(1),
+            hasher: foldhash::fast::RandomState::default(),
         }
+    }
+
+    /// The caller a bearer token proves, or 401; from this thread's cache
+    /// when the token was seen here before.
+    pub async fn verify_here(&self, token: &str, now: i64) -> Result<Rc<Verified>, Problem> {
+        let hit =
+            VERIFIED.with_borrow(|cache| cache.get(token).filter(|v| v.verifier == self.id && v.exp > now).cloned());
+        if let Some(verified) = hit {
+            return Ok(verified);
+        }
+        let (identity, exp) = self.verify_shared(token, now).await?;
+        let verified = Rc::new(Verified { identity, exp, verifier: self.id, payload: RefCell::new(None) });
+        VERIFIED.with_borrow_mut(|cache| {
+            if cache.len() >= self.per_thread {
+                cache.retain(|_, v| v.exp > now);
+                if cache.len() >= self.per_thread {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.into(), verified.clone());
+        });
+        Ok(verified)
     }
 
     /// The caller a bearer token proves, or 401.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Problem> {
-        let now = chrono::Utc::now().timestamp();
-        let shard = &self.cache[shard_of(token)];
+        Ok(self.verify_shared(token, chrono::Utc::now().timestamp()).await?.0)
+    }
+
+    async fn verify_shared(&self, token: &str, now: i64) -> Result<Entry, Problem> {
+        let shard = &self.cache[(self.hasher.hash_one(token) as usize) % SHARDS];
         if let Some((identity, exp)) = shard.read().expect("token cache").get(token)
             && *exp > now
         {
-            return Ok(identity.clone());
+            return Ok((identity.clone(), *exp));
         }
         let (identity, exp) = self.verify_signature(token).await?;
         let identity = Arc::new(identity);
@@ -101,7 +170,7 @@ impl Verifier {
             }
         }
         entries.insert(token.into(), (identity.clone(), exp));
-        Ok(identity)
+        Ok((identity, exp))
     }
 
     async fn verify_signature(&self, token: &str) -> Result<(Identity, i64), Problem> {
@@ -189,10 +258,10 @@ impl Verifier {
     }
 }
 
-fn shard_of(token: &str) -> usize {
-    let mut hasher = DefaultHasher::new();
-    token.hash(&mut hasher);
-    (hasher.finish() as usize) % SHARDS
+/// Forgets this thread's expired tokens (called now and then by each serving thread).
+pub fn forget_expired_here() {
+    let now = chrono::Utc::now().timestamp();
+    VERIFIED.with_borrow_mut(|cache| cache.retain(|_, v| v.exp > now));
 }
 
 /// The token of an `Authorization: Bearer ...` header.

@@ -4,9 +4,10 @@
 //! access tokens against the auth service's public keys, refuses what the
 //! route rules do not allow, and forwards the rest to a healthy instance with
 //! the caller's identity vouched for by the kit's proof. See [`proxy`] for the
-//! pipeline, phase by phase.
+//! pipeline, phase by phase, and [`server`] for how it is served.
 
 mod admin;
+mod body;
 mod config;
 mod docs;
 mod health;
@@ -15,6 +16,8 @@ mod limits;
 mod metrics;
 mod proxy;
 pub mod registry;
+mod server;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +31,7 @@ use axum::routing::{delete, get};
 use rewards_kit::health::Readiness;
 use rewards_kit::http::RequestId;
 use rewards_kit::identity::IdentityKey;
+use rewards_kit::server::Shutdown;
 use serde_json::Value;
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -50,14 +54,29 @@ pub struct Gateway {
     registry: ArcSwap<Registry>,
     /// Serialises registry changes (reads never wait).
     registry_lock: tokio::sync::Mutex<()>,
-    client: proxy::Client,
+    /// For the gateway's own calls (probes, keys, documents); forwarded
+    /// requests use the serving threads' own connections.
+    client: upstream::Client,
     verifier: jwt::Verifier,
     limits: limits::Limits,
     settings: GatewaySettings,
     identity_key: IdentityKey,
     docs_cache: tokio::sync::Mutex<Option<(Instant, Value)>>,
-    /// The metrics label of requests that match no rule.
-    unmatched: Arc<str>,
+}
+
+/// A gateway ready to serve: its state (with the background upkeep running)
+/// and the router of its own paths.
+pub struct GatewayServer {
+    gateway: Arc<Gateway>,
+    own: Router,
+}
+
+impl GatewayServer {
+    /// Serves on `listeners` (one serving thread each; see
+    /// [`rewards_kit::server::bind_reuseport`]) until `shutdown`, then drains.
+    pub async fn serve(self, listeners: Vec<std::net::TcpListener>, shutdown: Shutdown) -> anyhow::Result<()> {
+        server::serve(self.gateway, self.own, listeners, shutdown).await
+    }
 }
 
 /// The registry the gateway starts with: the configured file, or the
@@ -82,18 +101,18 @@ pub fn initial_registry(settings: &GatewaySettings) -> anyhow::Result<Vec<Servic
     }
 }
 
-/// The gateway's routes and layers; starts its background upkeep (health
-/// probes, key refresh), which ends when the router is dropped.
-pub fn router(settings: &GatewaySettings, identity_key: IdentityKey) -> anyhow::Result<Router> {
-    router_with_registry(settings, identity_key, initial_registry(settings)?)
+/// The gateway with the configured registry; starts its background upkeep
+/// (health probes, key refresh), which ends when the gateway is dropped.
+pub fn build(settings: &GatewaySettings, identity_key: IdentityKey) -> anyhow::Result<GatewayServer> {
+    build_with_registry(settings, identity_key, initial_registry(settings)?)
 }
 
-/// [`router`] with the given services instead of the configured registry.
-pub fn router_with_registry(
+/// [`build`] with the given services instead of the configured registry.
+pub fn build_with_registry(
     settings: &GatewaySettings,
     identity_key: IdentityKey,
     services: Vec<ServiceSpec>,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<GatewayServer> {
     let registry = Registry::build(services, None).map_err(anyhow::Error::msg)?;
     let jwks_url = match &settings.jwks_url {
         Some(url) => url.clone(),
@@ -104,7 +123,7 @@ pub fn router_with_registry(
             format!("{}/.well-known/jwks.json", auth.instances[0].url)
         }
     };
-    let client = proxy::client();
+    let client = upstream::client();
     let verifier = jwt::Verifier::new(
         jwks_url.parse().with_context(|| format!("invalid JWKS URL `{jwks_url}`"))?,
         client.clone(),
@@ -122,21 +141,21 @@ pub fn router_with_registry(
         settings: settings.clone(),
         identity_key,
         docs_cache: tokio::sync::Mutex::new(None),
-        unmatched: Arc::from("unmatched"),
     });
     tokio::spawn(health::run(Arc::downgrade(&gateway)));
-    let routes = Router::new()
+    // Only the gateway's own paths come here (see `registry::is_reserved`).
+    let own = Router::new()
         .route("/health", get(rewards_kit::health::health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::serve))
         .route("/openapi.json", get(docs::openapi))
         .route("/gateway/services", get(admin::list).post(admin::register))
         .route("/gateway/services/{name}", delete(admin::remove))
-        .fallback(proxy::forward)
-        .with_state(gateway)
+        .fallback(rewards_kit::http::unknown_path)
+        .with_state(gateway.clone())
         .merge(docs::swagger_ui())
         .layer(RequestBodyLimitLayer::new(settings.body_limit));
-    Ok(rewards_kit::http::gateway_stack(routes))
+    Ok(GatewayServer { gateway, own: rewards_kit::http::gateway_stack(own) })
 }
 
 /// Ready when every service has an instance whose `/ready` answers; the

@@ -2,6 +2,8 @@
 //! histograms; instance health. Served at `/metrics` to the operators'
 //! networks only.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -9,10 +11,12 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rewards_kit::Problem;
 
 use crate::Gateway;
+use crate::registry::{Instance, Route, Service};
 
 pub const REQUESTS: &str = "gateway_requests_total";
 pub const DURATION: &str = "gateway_request_duration_seconds";
@@ -37,13 +41,43 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// One forwarded (or refused) request.
-pub fn record(service: &Arc<str>, route: &Arc<str>, upstream: Option<&Arc<str>>, status: StatusCode, took: Duration) {
-    let status = status_label(status);
-    let upstream = upstream.cloned().unwrap_or_else(|| Arc::from("none"));
-    metrics::counter!(REQUESTS, "service" => service.clone(), "route" => route.clone(), "status" => status, "upstream" => upstream)
-        .increment(1);
-    metrics::histogram!(DURATION, "service" => service.clone(), "route" => route.clone()).record(took.as_secs_f64());
+/// A request's series: route (or the service, for requests no rule
+/// matched), status and upstream instance (0: none), by their ids.
+type SeriesKey = (u64, u16, u64);
+
+/// Most series handles a thread keeps (registry changes make new ones).
+const MAX_SERIES: usize = 10_000;
+
+thread_local! {
+    /// Each series' handles, looked up once per thread: recording is then
+    /// two atomic updates, with no labels built or hashed per request.
+    static SERIES: RefCell<HashMap<SeriesKey, (Counter, Histogram)>> = RefCell::new(HashMap::new());
+}
+
+/// One forwarded (or refused) request; `route` is `None` when no rule matched.
+pub fn record(
+    service: &Service,
+    route: Option<&Route>,
+    upstream: Option<&Instance>,
+    status: StatusCode,
+    took: Duration,
+) {
+    let key = (route.map_or(service.id, |r| r.id), status.as_u16(), upstream.map_or(0, |i| i.id));
+    SERIES.with_borrow_mut(|series| {
+        if series.len() >= MAX_SERIES && !series.contains_key(&key) {
+            series.clear();
+        }
+        let (counter, histogram) = series.entry(key).or_insert_with(|| {
+            let route: Arc<str> = route.map_or_else(|| Arc::from("unmatched"), |r| r.label.clone());
+            let upstream: Arc<str> = upstream.map_or_else(|| Arc::from("none"), |i| i.url.clone());
+            let counter = metrics::counter!(REQUESTS, "service" => service.name.clone(), "route" => route.clone(),
+                "status" => status_label(status), "upstream" => upstream);
+            let histogram = metrics::histogram!(DURATION, "service" => service.name.clone(), "route" => route);
+            (counter, histogram)
+        });
+        counter.increment(1);
+        histogram.record(took.as_secs_f64());
+    });
 }
 
 pub fn instance_health(service: &Arc<str>, url: &Arc<str>, healthy: bool) {

@@ -6,17 +6,22 @@
 //! stay.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{Method, Uri};
+use axum::http::{HeaderValue, Method, Uri};
 use chrono::{DateTime, Utc};
 use rewards_kit::rules::RouteRule;
 use serde::{Deserialize, Serialize};
 
 /// Paths the gateway serves itself; no service may take them as a prefix.
 const RESERVED: [&str; 6] = ["/gateway", "/health", "/ready", "/docs", "/openapi.json", "/metrics"];
+
+/// Whether `path` is one of the gateway's own (served by itself, never forwarded).
+pub fn is_reserved(path: &str) -> bool {
+    RESERVED.iter().any(|r| path.strip_prefix(r).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+}
 
 /// A service as registered (the file's `[[services]]`, the API's body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,11 +48,21 @@ impl RegistryFile {
     }
 }
 
+/// A number no other instance, route or service of this process has.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// One backend instance and what the health checker last saw of it.
 #[derive(Debug)]
 pub struct Instance {
+    /// Unique in the process: names the instance's connection pools.
+    pub id: u64,
     pub url: Arc<str>,
     pub authority: String,
+    /// The `Host` header forwarded requests carry.
+    pub host: HeaderValue,
     healthy: AtomicBool,
     last_checked: Mutex<Option<DateTime<Utc>>>,
 }
@@ -62,10 +77,13 @@ impl Instance {
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(format!("`{url}`: an instance URL has no path"));
         }
+        let host = HeaderValue::try_from(authority.as_str()).map_err(|_| format!("`{url}`: not a valid host"))?;
         // Optimistic: a new instance takes traffic until a probe says otherwise.
         Ok(Self {
+            id: next_id(),
             url: Arc::from(url.trim_end_matches('/')),
             authority,
+            host,
             healthy: AtomicBool::new(true),
             last_checked: Mutex::new(None),
         })
@@ -94,6 +112,8 @@ impl Instance {
 /// A route rule ready for matching, with its metrics label.
 #[derive(Debug)]
 pub struct Route {
+    /// Unique in the process: names the route's metrics handles.
+    pub id: u64,
     pub rule: RouteRule,
     rank: u64,
     pub label: Arc<str>,
@@ -103,6 +123,8 @@ pub struct Route {
 /// A registered service.
 #[derive(Debug)]
 pub struct Service {
+    /// Unique in the process: names the metrics of requests no rule matched.
+    pub id: u64,
     pub name: Arc<str>,
     pub prefix: String,
     pub instances: Vec<Arc<Instance>>,
@@ -171,6 +193,7 @@ impl Registry {
                 .routes
                 .iter()
                 .map(|rule| Route {
+                    id: next_id(),
                     rule: rule.clone(),
                     rank: rule.rank(),
                     label: Arc::from(format!("{} {}{}", rule.method, prefix, rule.path)),
@@ -178,6 +201,7 @@ impl Registry {
                 })
                 .collect();
             services.push(Arc::new(Service {
+                id: next_id(),
                 name: Arc::from(spec.name.as_str()),
                 prefix,
                 instances,
@@ -234,7 +258,7 @@ fn validate(spec: &ServiceSpec) -> Result<(), String> {
     if !segments_ok {
         return Err(format!("{}: prefix `{}` must be a path such as `/event-service`", spec.name, spec.prefix));
     }
-    if RESERVED.iter().any(|r| prefix == *r || prefix.starts_with(&format!("{r}/"))) {
+    if is_reserved(prefix) {
         return Err(format!("{}: prefix `{prefix}` is the gateway's own", spec.name));
     }
     if spec.instances.is_empty() {

@@ -66,50 +66,6 @@ pub fn bind_reuseport(service: &str, addr: SocketAddr, threads: usize) -> anyhow
     Ok(listeners)
 }
 
-/// Serves `router` with one single-threaded runtime per listener, each on a
-/// thread of its own: a request, its upstream call and its answer stay on
-/// one core, with no cross-thread wake-ups (the gateway's hot path). Returns
-/// when every thread has drained after `shutdown`.
-pub async fn serve_per_thread(
-    service: &'static str,
-    listeners: Vec<std::net::TcpListener>,
-    router: Router,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let mut done = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (router, shutdown) = (router.clone(), shutdown.clone());
-        std::thread::Builder::new().name(format!("{service}-{i}")).spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| {
-                    runtime.block_on(async move {
-                        let listener = TcpListener::from_std(listener)?;
-                        serve(service, listener, router, shutdown).await
-                    })
-                });
-            let _ = tx.send(result);
-        })?;
-        done.push(rx);
-    }
-    let mut first_error = None;
-    for rx in done {
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                first_error.get_or_insert(err);
-            }
-            Err(_) => {
-                first_error.get_or_insert(anyhow::anyhow!("{service}: a serving thread died"));
-            }
-        }
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
 /// Serves `router` on `listener` until `shutdown`, then drains.
 pub async fn serve(service: &str, listener: TcpListener, router: Router, shutdown: Shutdown) -> anyhow::Result<()> {
     let app = router.into_make_service_with_connect_info::<SocketAddr>();

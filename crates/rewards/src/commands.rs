@@ -38,14 +38,13 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     let back = Shutdown::new();
     server::cancel_on_signals(front.clone());
 
-    let gateway_router = rewards_gateway::router(&settings.gateway, key.clone())?;
+    let gateway = rewards_gateway::build(&settings.gateway, key.clone())?;
     let auth_router = rewards_auth::router(auth.clone(), key.clone());
     let events_router = rewards_events::router(events.clone(), key.clone());
 
     tokio::spawn(outbox(&auth, &key, &settings).run(back.clone()));
     tokio::spawn(rewards_events::payout::Dispatcher::new(events.clone()).run(back.clone()));
-    let gateway_task: Task =
-        tokio::spawn(server::serve_per_thread(rewards_gateway::NAME, gateway_listeners, gateway_router, front.clone()));
+    let gateway_task: Task = tokio::spawn(gateway.serve(gateway_listeners, front.clone()));
     let backend_tasks: Vec<Task> = vec![
         spawn_backend(
             service::run(rewards_auth::NAME, auth_listener, auth_router, auth.store().clone(), back.clone()),
@@ -102,11 +101,11 @@ pub async fn gateway(settings: Settings) -> anyhow::Result<()> {
     let key = settings.identity_key()?;
     let listeners =
         server::bind_reuseport(rewards_gateway::NAME, settings.gateway.listen, settings.gateway.serving_threads())?;
-    let router = rewards_gateway::router(&settings.gateway, key)?;
+    let gateway = rewards_gateway::build(&settings.gateway, key)?;
     let shutdown = Shutdown::new();
     server::cancel_on_signals(shutdown.clone());
     tracing::info!(listen = %listeners[0].local_addr()?, threads = listeners.len(), "gateway listening");
-    server::serve_per_thread(rewards_gateway::NAME, listeners, router, shutdown).await
+    gateway.serve(listeners, shutdown).await
 }
 
 /// The auth service alone.

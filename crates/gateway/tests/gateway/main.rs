@@ -6,4 +6,5 @@ mod auth;
 mod forwarding;
 mod instances;
 mod limits;
+mod streaming;
 mod support;

@@ -15,10 +15,14 @@ use rewards_gateway::{GatewaySettings, RegistryFile, ServiceSpec};
 use rewards_kit::clock::SharedClock;
 use rewards_kit::config::Secret;
 use rewards_kit::identity::IdentityKey;
+use rewards_kit::server::{Shutdown, bind_reuseport};
 use rewards_kit::testing::{TestServer, TestStore};
 use serde_json::{Value, json};
 
 pub const ADMIN_PASSWORD: &str = "gateway-admin-pw";
+
+/// The size of the echo backend's `/big` answer.
+pub const BIG_BODY: usize = 3 * 1024 * 1024;
 
 /// A backend that answers with what it received and counts its requests.
 pub struct Echo {
@@ -45,10 +49,23 @@ impl Echo {
                     "late"
                 }),
             )
+            .route(
+                "/wait",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    "waited"
+                }),
+            )
+            .route("/big", get(|| async { vec![b'x'; BIG_BODY] }))
+            .route("/close", get(|| async { ([(http::header::CONNECTION, "close")], "closing") }))
             .fallback(any(move |request: Request| {
                 let counter = counter.clone();
                 async move {
                     counter.fetch_add(1, Ordering::SeqCst);
+                    let peer = request
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                        .map(|info| info.0.to_string());
                     let (parts, body) = request.into_parts();
                     let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
                     let headers: serde_json::Map<String, Value> = parts
@@ -62,6 +79,7 @@ impl Echo {
                         "uri": parts.uri.to_string(),
                         "headers": headers,
                         "bodyLength": body.len(),
+                        "peer": peer,
                     }))
                 }
             }));
@@ -86,13 +104,48 @@ pub fn echo_spec(instances: Vec<String>) -> ServiceSpec {
             { "method": "POST", "path": "/items", "roles": ["OPERATOR", "ADMIN"] },
             { "method": "GET", "path": "/admin-only", "roles": ["ADMIN"] },
             { "method": "GET", "path": "/slow", "roles": ["USER"], "timeoutMs": 200 },
+            { "method": "GET", "path": "/wait", "public": true },
+            { "method": "GET", "path": "/big", "public": true },
+            { "method": "GET", "path": "/close", "public": true },
         ]
     }))
     .unwrap()
 }
 
+/// The gateway serving on an ephemeral port, on two serving threads of its own.
+pub struct GatewayUnderTest {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    shutdown: Shutdown,
+}
+
+impl GatewayUnderTest {
+    pub fn spawn(server: rewards_gateway::GatewayServer) -> Self {
+        let listeners = bind_reuseport("gateway", "127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let base_url = format!("http://{}", listeners[0].local_addr().unwrap());
+        let shutdown = Shutdown::new();
+        tokio::spawn(server.serve(listeners, shutdown.clone()));
+        Self { base_url, client: reqwest::Client::new(), shutdown }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Begins the gateway's graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for GatewayUnderTest {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 pub struct TestGateway {
-    pub gateway: TestServer,
+    pub gateway: GatewayUnderTest,
     pub key: IdentityKey,
     pub auth: rewards_auth::AppState,
     _auth_server: TestServer,
@@ -132,8 +185,8 @@ impl TestGateway {
         services.retain(|s| s.name == "auth-service");
         services[0].instances = vec![auth_server.base_url.clone()];
         services.push(echo_spec(vec![echo.server.base_url.clone()]));
-        let router = rewards_gateway::router_with_registry(&settings, key.clone(), services).unwrap();
-        let gateway = TestServer::spawn(router).await;
+        let server = rewards_gateway::build_with_registry(&settings, key.clone(), services).unwrap();
+        let gateway = GatewayUnderTest::spawn(server);
         Self { gateway, key, auth, _auth_server: auth_server, echo, _store: store }
     }
 

@@ -1,0 +1,152 @@
+//! Serving: one single-threaded runtime per listening socket, each on a thread
+//! of its own (the kernel spreads connections over the `SO_REUSEPORT`
+//! sockets). A client connection, the requests on it, their upstream
+//! exchanges and the answers all stay on the thread that accepted it.
+//!
+//! Requests for the gateway's own paths (`/health`, `/gateway/services`, ...)
+//! go to its axum router with the kit's layer stack; everything else goes
+//! straight into the forwarding pipeline ([`crate::proxy`]), which does the
+//! same duties (request id, access log, panics as 500) without a router's
+//! per-request boxing and cloning.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use futures_util::FutureExt;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use rewards_kit::Problem;
+use rewards_kit::server::{DRAIN_LIMIT, Shutdown};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::Gateway;
+use crate::body::GatewayBody;
+use crate::proxy::{self, Peer};
+use crate::registry::is_reserved;
+
+/// What every request on one serving thread shares.
+struct ThreadState {
+    gateway: Arc<Gateway>,
+    own: Router,
+}
+
+/// Serves on every listener until `shutdown`, then lets in-flight requests
+/// finish (up to [`DRAIN_LIMIT`]). Returns when every thread has stopped.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    own: Router,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut done = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (gateway, own, shutdown) = (gateway.clone(), own.clone(), shutdown.clone());
+        std::thread::Builder::new().name(format!("{}-{i}", crate::NAME)).spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, serve_thread(ThreadState { gateway, own }, listener, shutdown))
+                });
+            let _ = tx.send(result);
+        })?;
+        done.push(rx);
+    }
+    let mut first_error = None;
+    for rx in done {
+        let result = rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("a gateway serving thread died")));
+        if let Err(err) = result {
+            first_error.get_or_insert(err);
+        }
+    }
+    tracing::info!(service = crate::NAME, "stopped serving");
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn serve_thread(state: ThreadState, listener: std::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let state = Rc::new(state);
+    let connections = GracefulShutdown::new();
+    tokio::task::spawn_local(upkeep());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let connection = serve_connection(state.clone(), stream, peer);
+                    tokio::task::spawn_local(connections.watch(connection));
+                }
+                Err(err) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_LIMIT, connections.shutdown()).await.is_err() {
+        tracing::warn!(service = crate::NAME, "in-flight requests did not finish within {DRAIN_LIMIT:?}; closing");
+    }
+    Ok(())
+}
+
+/// This thread's share of the upkeep: idle upstream connections closed,
+/// expired tokens forgotten.
+async fn upkeep() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        crate::upstream::close_idle_here();
+        crate::jwt::forget_expired_here();
+    }
+}
+
+fn serve_connection(
+    state: Rc<ThreadState>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> hyper::server::conn::http1::Connection<
+    TokioIo<tokio::net::TcpStream>,
+    impl hyper::service::HttpService<Incoming, ResBody = GatewayBody, Error = Infallible>,
+> {
+    let peer = Rc::new(Peer::new(peer));
+    let service = hyper::service::service_fn(move |request| {
+        let (state, peer) = (state.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(handle(&state, &peer, request).await) }
+    });
+    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service)
+}
+
+async fn handle(state: &ThreadState, peer: &Peer, request: Request<Incoming>) -> Response<GatewayBody> {
+    if is_reserved(request.uri().path()) {
+        return own_route(state, peer, request).await;
+    }
+    match AssertUnwindSafe(proxy::forward(&state.gateway, peer, request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("forwarding a request panicked");
+            crate::body::local(Problem::internal())
+        }
+    }
+}
+
+/// The gateway's own paths, through its router and the kit's layer stack.
+async fn own_route(state: &ThreadState, peer: &Peer, request: Request<Incoming>) -> Response<GatewayBody> {
+    let mut request = request.map(axum::body::Body::new);
+    request.extensions_mut().insert(ConnectInfo(peer.addr));
+    let response = state.own.clone().oneshot(request).await.unwrap_or_else(|never| match never {});
+    response.map(GatewayBody::Local)
+}
