@@ -4,24 +4,31 @@
 # The same authenticated GET (Authorization: Bearer <a real access token>)
 # against (a) a trivial upstream directly, (b) nginx with 2 workers proxying
 # to it with keep-alive, (c) the rewards gateway proxying to it (token
-# verified, route rule checked, identity vouched for). Prints throughput, p50
-# and p99 for each and the gateway's ratios to nginx.
+# verified, route rule checked, identity vouched for, metrics counted), and
+# (d) for reference, bare hyper forwarding served the way the gateway serves
+# (no duties at all). Prints throughput, p50, p99 and CPU per request for
+# each, and the gateway's ratios to nginx.
+#
+# The load generator shares the cores with what it measures, so single runs
+# swing by 10 % or more: every target runs ROUNDS times, interleaved, and the
+# medians are compared.
 #
 # Needs wrk and nginx (installed with apt-get when missing). Loopback only,
-# bounded: DURATION seconds per run (default 10) at CONNECTIONS (default 32).
+# bounded: DURATION seconds per run (default 8) at CONNECTIONS (default 32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
-UPSTREAM_PORT=18080 NGINX_PORT=18081 GATEWAY_PORT=18090 AUTH_PORT=18091 EVENTS_PORT=18092
+ROUNDS=${ROUNDS:-3}
+UPSTREAM_PORT=18080 NGINX_PORT=18081 BARE_PORT=18083 GATEWAY_PORT=18090 AUTH_PORT=18091 EVENTS_PORT=18092
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk
 need nginx nginx
 
-cargo build --release --quiet --bin rewards --example trivial_upstream -p rewards -p rewards-gateway
+cargo build --release --quiet --bin rewards --example trivial_upstream --example bare_forwarder -p rewards -p rewards-gateway
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -32,6 +39,8 @@ wait_for() { for _ in $(seq 1 100); do curl -fs "$1" >/dev/null 2>&1 && return 0
 target/release/examples/trivial_upstream "127.0.0.1:$UPSTREAM_PORT" & pids+=($!)
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/health"
 
+# nginx in the foreground, so that it stays in this session's scheduling
+# group like everything else measured here.
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 2;
 pid $work/nginx.pid;
@@ -53,14 +62,24 @@ NGINX
 nginx -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!)
 wait_for "http://127.0.0.1:$NGINX_PORT/hello"
 
-# The platform with request logging at warn (access logs cost CPU per request)
-# and rate limits off (one client address sends everything).
-RUST_LOG=warn REWARDS_ADMIN_PASSWORD=bench-admin-password \
+target/release/examples/bare_forwarder "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM_PORT" /bench & pids+=($!)
+wait_for "http://127.0.0.1:$BARE_PORT/bench/hello"
+
+# The gateway alone in its process (as deployed), the auth service that
+# signs the token in another. Request logging at warn (access logs cost CPU
+# per request), rate limits off (one client address sends everything).
+secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+RUST_LOG=warn REWARDS_IDENTITY_SECRET=$secret REWARDS_ADMIN_PASSWORD=bench-admin-password \
+REWARDS_DATA_DIR="$work/data" REWARDS_AUTH__LISTEN="127.0.0.1:$AUTH_PORT" \
+  target/release/rewards auth >"$work/auth.log" 2>&1 & pids+=($!)
+wait_for "http://127.0.0.1:$AUTH_PORT/health"
+RUST_LOG=warn REWARDS_IDENTITY_SECRET=$secret \
+REWARDS_GATEWAY__LISTEN="127.0.0.1:$GATEWAY_PORT" REWARDS_GATEWAY__AUTH_URL="http://127.0.0.1:$AUTH_PORT" \
+REWARDS_GATEWAY__EVENTS_URL="http://127.0.0.1:$EVENTS_PORT" \
 REWARDS_GATEWAY__RATE_PER_ADDRESS=0 REWARDS_GATEWAY__RATE_PER_USER=0 \
-  target/release/rewards up --data-dir "$work/data" \
-    --gateway-listen "127.0.0.1:$GATEWAY_PORT" --auth-listen "127.0.0.1:$AUTH_PORT" --events-listen "127.0.0.1:$EVENTS_PORT" \
-    >"$work/rewards.log" 2>&1 & pids+=($!)
-wait_for "http://127.0.0.1:$GATEWAY_PORT/ready"
+  target/release/rewards gateway >"$work/gateway.log" 2>&1 & pids+=($!)
+gateway_pid=$!
+wait_for "http://127.0.0.1:$GATEWAY_PORT/auth-service/health"
 
 token=$(curl -fs -X POST "http://127.0.0.1:$GATEWAY_PORT/auth-service/auth/login" -H 'content-type: application/json' \
   -d '{"username":"admin","password":"bench-admin-password"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
@@ -71,11 +90,11 @@ test "$(curl -fs -H "authorization: Bearer $token" "http://127.0.0.1:$GATEWAY_PO
 
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 
-run() { # name url pids... -> "rps p50_ms p99_ms non2xx cpu_us_per_request"
+run() { # url pids... -> "rps p50_ms p99_ms non2xx cpu_us_per_request"
   local out before after
-  before=$(cpu_ticks "${@:3}")
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $token" "$2")
-  after=$(cpu_ticks "${@:3}")
+  before=$(cpu_ticks "${@:2}")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $token" "$1")
+  after=$(cpu_ticks "${@:2}")
   python3 - "$out" "$((after - before))" "$(getconf CLK_TCK)" "$DURATION" <<'PY'
 import re, sys
 out, ticks, hz, duration = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -91,25 +110,42 @@ PY
 }
 
 echo "warming up..."
-wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "http://127.0.0.1:$GATEWAY_PORT/bench/hello" >/dev/null
-wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/hello" >/dev/null
+for url in "http://127.0.0.1:$GATEWAY_PORT/bench/hello" "http://127.0.0.1:$NGINX_PORT/hello" "http://127.0.0.1:$BARE_PORT/bench/hello"; do
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "$url" >/dev/null
+done
 
 upstream_pid=${pids[0]}
+bare_pid=${pids[2]}
 nginx_workers=$(pgrep -f "nginx: worker process" | tr '\n' ' ')
-rewards_pid=${pids[2]}
-# shellcheck disable=SC2086
-read -r d_rps d_p50 d_p99 d_err d_cpu < <(run direct "http://127.0.0.1:$UPSTREAM_PORT/hello" "$upstream_pid")
-# shellcheck disable=SC2086
-read -r n_rps n_p50 n_p99 n_err n_cpu < <(run nginx "http://127.0.0.1:$NGINX_PORT/hello" $nginx_workers)
-read -r g_rps g_p50 g_p99 g_err g_cpu < <(run gateway "http://127.0.0.1:$GATEWAY_PORT/bench/hello" "$rewards_pid")
+results="$work/results"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round of $ROUNDS..."
+  echo "direct $(run "http://127.0.0.1:$UPSTREAM_PORT/hello" "$upstream_pid")" >>"$results"
+  # shellcheck disable=SC2086
+  echo "nginx $(run "http://127.0.0.1:$NGINX_PORT/hello" $nginx_workers)" >>"$results"
+  echo "gateway $(run "http://127.0.0.1:$GATEWAY_PORT/bench/hello" "$gateway_pid")" >>"$results"
+  echo "bare $(run "http://127.0.0.1:$BARE_PORT/bench/hello" "$bare_pid")" >>"$results"
+done
 
-printf '\n%s, %s connections, %s s each, wrk with %s threads on the same %s cores\n' "$(date -u +%F)" "$CONNECTIONS" "$DURATION" "$THREADS" "$(nproc)"
-printf '%-28s %12s %10s %10s %8s %14s\n' target 'req/s' 'p50 ms' 'p99 ms' 'non-2xx' 'CPU us/req'
-printf '%-28s %12s %10s %10s %8s %14s\n' '(a) upstream directly' "$d_rps" "$d_p50" "$d_p99" "$d_err" "$d_cpu"
-printf '%-28s %12s %10s %10s %8s %14s\n' '(b) nginx, 2 workers' "$n_rps" "$n_p50" "$n_p99" "$n_err" "$n_cpu"
-printf '%-28s %12s %10s %10s %8s %14s\n' '(c) rewards gateway' "$g_rps" "$g_p50" "$g_p99" "$g_err" "$g_cpu"
-python3 - "$g_rps" "$n_rps" "$g_p99" "$n_p99" <<'PY'
-import sys
-g, n, gp, np_ = map(float, sys.argv[1:])
-print(f"gateway / nginx throughput: {g / n:.2f}x   p99: {gp / np_:.2f}x   (target: >= 1.00x throughput, p99 < 1 ms)")
+python3 - "$results" "$(date -u +%F)" "$CONNECTIONS" "$DURATION" "$THREADS" "$(nproc)" "$ROUNDS" <<'PY'
+import statistics, sys
+path, day, conns, duration, threads, cores, rounds = sys.argv[1:]
+runs = {}
+for line in open(path):
+    name, *values = line.split()
+    runs.setdefault(name, []).append([float(v) for v in values])
+median = {name: [statistics.median(col) for col in zip(*rows)] for name, rows in runs.items()}
+print(f"\n{day}, {conns} connections, {duration} s per run, median of {rounds} interleaved rounds, "
+      f"wrk with {threads} threads on the same {cores} cores")
+print(f"{'target':<36} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11}")
+labels = {"direct": "(a) upstream directly", "nginx": "(b) nginx, 2 workers", "gateway": "(c) rewards gateway",
+          "bare": "(d) reference: bare hyper forwarding"}
+for name in ("direct", "nginx", "gateway", "bare"):
+    rps, p50, p99, errors, cpu = median[name]
+    print(f"{labels[name]:<36} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {errors:>8.0f} {cpu:>11.1f}")
+g, n, b = median["gateway"], median["nginx"], median["bare"]
+print(f"gateway / nginx: throughput {g[0] / n[0]:.2f}x, p99 {g[2] / n[2]:.2f}x, CPU per request {g[4] / n[4]:.2f}x"
+      f"   (target: >= 1.00x throughput, p99 < 1 ms)")
+print(f"bare forwarding / nginx: throughput {b[0] / n[0]:.2f}x; the gateway's duties cost {g[4] - b[4]:.1f} us of CPU per request")
+print("each round, req/s: " + "; ".join(f"{name} " + " ".join(f"{r[0]:.0f}" for r in runs[name]) for name in labels))
 PY

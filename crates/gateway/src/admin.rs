@@ -61,7 +61,7 @@ pub async fn register(
         }
     })?;
     let view = service_view(next.service(&spec.name).expect("just registered"));
-    gateway.registry.store(Arc::new(next));
+    gateway.replace_registry(next);
     tracing::info!(service = %spec.name, prefix = %spec.prefix, instances = ?spec.instances, by = %caller.sub, replaced, "service registered");
     let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(view)).into_response())
@@ -80,7 +80,7 @@ pub async fn remove(
     }
     let specs = current.specs().into_iter().filter(|s| s.name != name).collect();
     let next = Registry::build(specs, Some(&current)).map_err(Problem::internal_from)?;
-    gateway.registry.store(Arc::new(next));
+    gateway.replace_registry(next);
     tracing::info!(service = %name, by = %caller.sub, "service removed");
     Ok(StatusCode::NO_CONTENT)
 }

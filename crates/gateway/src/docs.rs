@@ -83,7 +83,7 @@ fn tag_operations(item: &mut Value, service: &str) {
 }
 
 async fn fetch(gateway: &Gateway, service: &Service) -> Option<Value> {
-    let instance = service.pick(None)?;
+    let instance = service.pick(None)?.clone();
     let request = Request::get(instance.uri("/openapi.json").ok()?).body(Body::empty()).ok()?;
     let response = tokio::time::timeout(Duration::from_secs(2), gateway.client.request(request)).await.ok()?.ok()?;
     if !response.status().is_success() {

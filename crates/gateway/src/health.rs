@@ -29,7 +29,6 @@ pub async fn run(gateway: Weak<Gateway>) {
         }
         gw.verifier.sweep();
         gw.limits.sweep();
-        crate::metrics::handle().run_upkeep();
         drop(gw);
         tokio::time::sleep(interval).await;
     }
@@ -66,5 +65,4 @@ pub fn mark(service: &Service, instance: &Instance, healthy: bool) {
             tracing::warn!(service = %service.name, instance = %instance.url, "instance failed; out of rotation");
         }
     }
-    crate::metrics::instance_health(&service.name, &instance.url, healthy);
 }

@@ -52,6 +52,9 @@ pub const DEFAULT_REGISTRY: &str = include_str!("../default-registry.toml");
 /// Shared by every request the gateway handles.
 pub struct Gateway {
     registry: ArcSwap<Registry>,
+    /// Bumped after each registry change, so serving threads know to take
+    /// a new snapshot (see `proxy::Here`).
+    registry_version: std::sync::atomic::AtomicU64,
     /// Serialises registry changes (reads never wait).
     registry_lock: tokio::sync::Mutex<()>,
     /// For the gateway's own calls (probes, keys, documents); forwarded
@@ -62,6 +65,15 @@ pub struct Gateway {
     settings: GatewaySettings,
     identity_key: IdentityKey,
     docs_cache: tokio::sync::Mutex<Option<(Instant, Value)>>,
+    metrics: metrics::Metrics,
+}
+
+impl Gateway {
+    /// Puts `next` in place of the registry (callers hold `registry_lock`).
+    fn replace_registry(&self, next: Registry) {
+        self.registry.store(Arc::new(next));
+        self.registry_version.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// A gateway ready to serve: its state (with the background upkeep running)
@@ -131,9 +143,9 @@ pub fn build_with_registry(
         &settings.audience,
         settings.token_cache_size,
     );
-    metrics::handle();
     let gateway = Arc::new(Gateway {
         registry: ArcSwap::from_pointee(registry),
+        registry_version: std::sync::atomic::AtomicU64::new(0),
         registry_lock: tokio::sync::Mutex::new(()),
         client,
         verifier,
@@ -141,6 +153,7 @@ pub fn build_with_registry(
         settings: settings.clone(),
         identity_key,
         docs_cache: tokio::sync::Mutex::new(None),
+        metrics: metrics::Metrics::default(),
     });
     tokio::spawn(health::run(Arc::downgrade(&gateway)));
     // Only the gateway's own paths come here (see `registry::is_reserved`).

@@ -9,10 +9,11 @@
 //! connection, each instance's `Host`, metrics handles per route), so a
 //! request costs a cache lookup, one MAC and the two HTTP exchanges.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
@@ -20,7 +21,7 @@ use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 use rewards_kit::Problem;
 use rewards_kit::health::Check;
-use rewards_kit::http::{REQUEST_ID, new_request_id, sane_request_id};
+use rewards_kit::http::{REQUEST_ID, new_request_id_header, sane_request_id};
 use rewards_kit::identity::{IDENTITY_HEADER, Vouched, payload_of, strip_identity_headers};
 use rewards_kit::problem::ProblemCode;
 use serde_json::{Value, json};
@@ -29,7 +30,8 @@ use tracing::Instrument;
 use crate::Gateway;
 use crate::body::{GatewayBody, local};
 use crate::jwt::{Verified, bearer};
-use crate::registry::{Instance, Route, Service};
+use crate::metrics::Recorder;
+use crate::registry::{Instance, Registry, Route, Service};
 use crate::upstream::{self, Client, Failure, RequestBody};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
@@ -46,6 +48,43 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// What one serving thread keeps for the requests it serves.
+pub struct Here {
+    pub metrics: Recorder,
+    /// The registry snapshot this thread's requests use, and its version.
+    registry: RefCell<(u64, Rc<Snapshot>)>,
+}
+
+/// A registry snapshot shared by one thread's requests (an `Rc` of it
+/// clones without touching the registry's atomic reference count).
+pub struct Snapshot(Arc<Registry>);
+
+impl std::ops::Deref for Snapshot {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        &self.0
+    }
+}
+
+impl Here {
+    pub fn new(gateway: &Gateway) -> Self {
+        let snapshot =
+            (gateway.registry_version.load(Ordering::Acquire), Rc::new(Snapshot(gateway.registry.load_full())));
+        Self { metrics: gateway.metrics.recorder(), registry: RefCell::new(snapshot) }
+    }
+
+    /// The current registry. Taken anew only after a change, so a request
+    /// touches no reference count that another core writes too.
+    fn registry(&self, gateway: &Gateway) -> Rc<Snapshot> {
+        let version = gateway.registry_version.load(Ordering::Acquire);
+        let mut snapshot = self.registry.borrow_mut();
+        if snapshot.0 != version {
+            *snapshot = (version, Rc::new(Snapshot(gateway.registry.load_full())));
+        }
+        snapshot.1.clone()
+    }
+}
 
 /// The client at the other end of one connection, as the gateway sees it.
 pub struct Peer {
@@ -71,18 +110,23 @@ impl Peer {
 }
 
 /// Everything not served by the gateway itself.
-pub async fn forward(gateway: &Gateway, peer: &Peer, mut request: Request<Incoming>) -> Response<GatewayBody> {
+pub async fn forward(
+    gateway: &Gateway,
+    here: &Here,
+    peer: &Peer,
+    mut request: Request<Incoming>,
+) -> Response<GatewayBody> {
     let started = Instant::now();
     let request_id = request
         .headers()
         .get(REQUEST_ID)
         .filter(|v| sane_request_id(v).is_some())
         .cloned()
-        .unwrap_or_else(|| HeaderValue::try_from(new_request_id()).expect("request ids are plain ASCII"));
+        .unwrap_or_else(new_request_id_header);
     request.headers_mut().insert(REQUEST_ID, request_id.clone());
     let span = tracing::info_span!("request", service = crate::NAME, request_id = request_id.to_str().unwrap_or(""),
         method = %request.method(), path = %request.uri().path());
-    let mut response = route_and_relay(gateway, peer, request, started).instrument(span.clone()).await;
+    let mut response = route_and_relay(gateway, here, peer, request, started).instrument(span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, request_id);
     span.in_scope(|| {
         tracing::info!(
@@ -96,11 +140,12 @@ pub async fn forward(gateway: &Gateway, peer: &Peer, mut request: Request<Incomi
 
 async fn route_and_relay(
     gateway: &Gateway,
+    here: &Here,
     peer: &Peer,
     request: Request<Incoming>,
     started: Instant,
 ) -> Response<GatewayBody> {
-    let registry = gateway.registry.load_full();
+    let registry = here.registry(gateway);
     let path = request.uri().path();
     let Some((service, rest)) = registry.resolve(path) else {
         return local(Problem::not_found(format!("no route for {path}")));
@@ -108,14 +153,15 @@ async fn route_and_relay(
     // A path under a known prefix that no rule names is never forwarded.
     let Some(route) = service.route(request.method(), rest) else {
         let response = local(Problem::not_found(format!("no route for {} {path}", request.method())));
-        crate::metrics::record(service, None, None, response.status(), started.elapsed());
+        here.metrics.record(service, None, None, response.status(), started.elapsed());
         return response;
     };
-    let (response, upstream) = match admit(gateway, route, peer, request.headers()).await {
-        Ok(caller) => relay(gateway, service, route, peer, caller, request).await,
+    let now = SystemTime::now();
+    let (response, upstream) = match admit(gateway, route, peer, request.headers(), now).await {
+        Ok(caller) => relay(gateway, service, route, peer, caller, request, now).await,
         Err(problem) => (local(problem), None),
     };
-    crate::metrics::record(service, Some(route), upstream.as_deref(), response.status(), started.elapsed());
+    here.metrics.record(service, Some(route), upstream, response.status(), started.elapsed());
     response
 }
 
@@ -125,9 +171,10 @@ async fn admit(
     route: &Route,
     peer: &Peer,
     headers: &HeaderMap,
+    now: SystemTime,
 ) -> Result<Option<Rc<Verified>>, Problem> {
     gateway.limits.check_address(peer.addr.ip())?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let caller = match bearer(headers) {
         Some(token) => match gateway.verifier.verify_here(token, now).await {
             Ok(verified) => Some(verified),
@@ -158,15 +205,16 @@ fn too_large_problem() -> Problem {
 }
 
 /// Sends the request to a healthy instance and relays the answer.
-async fn relay(
+async fn relay<'s>(
     gateway: &Gateway,
-    service: &Service,
+    service: &'s Service,
     route: &Route,
     peer: &Peer,
     caller: Option<Rc<Verified>>,
     request: Request<Incoming>,
-) -> (Response<GatewayBody>, Option<Arc<Instance>>) {
-    let Some(mut instance) = service.pick(None) else {
+    now: SystemTime,
+) -> (Response<GatewayBody>, Option<&'s Instance>) {
+    let Some(mut instance) = service.pick(None).map(|i| &**i) else {
         let problem = Problem::unavailable(format!("{} has no healthy instance", service.name), 1);
         return (local(problem), None);
     };
@@ -178,7 +226,9 @@ async fn relay(
         Some(caller) => caller.payload_for(peer.addr.ip()),
         None => peer.anonymous_payload(),
     };
-    parts.headers.insert(IDENTITY_HEADER, gateway.identity_key.sign_payload(&parts.method, &path_and_query, &payload));
+    parts
+        .headers
+        .insert(IDENTITY_HEADER, gateway.identity_key.sign_payload_at(&parts.method, &path_and_query, &payload, now));
     parts.uri = match Uri::try_from(path_and_query) {
         Ok(uri) => uri,
         Err(_) => return (local(Problem::not_found("no route for this path")), None),
@@ -207,7 +257,7 @@ async fn relay(
             },
         };
         outgoing.headers_mut().insert(header::HOST, instance.host.clone());
-        let failure = match tokio::time::timeout(timeout, upstream::send(&instance, outgoing)).await {
+        let failure = match tokio::time::timeout(timeout, upstream::send(instance, outgoing)).await {
             Ok(Ok(response)) => {
                 let (mut head, body) = response.into_parts();
                 remove_hop_by_hop(&mut head.headers);
@@ -227,8 +277,8 @@ async fn relay(
         match failure {
             Failure::Connect(err) => {
                 tracing::warn!(service = %service.name, instance = %instance.url, error = %err, "instance unreachable");
-                crate::health::mark(service, &instance, false);
-                match service.pick(Some(&instance)).filter(|_| retryable) {
+                crate::health::mark(service, instance, false);
+                match service.pick(Some(instance)).filter(|_| retryable) {
                     Some(other) => instance = other,
                     None => {
                         let problem = Problem::unavailable(format!("{} is unreachable", service.name), 1);
@@ -282,6 +332,10 @@ fn rewrite_request_headers(headers: &mut HeaderMap, peer: &Peer) {
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Nearly every message has none: one look before any removal.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Headers named in `Connection` are hop-by-hop too.
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection

@@ -5,8 +5,9 @@
 //! change builds a new snapshot, keeping the health state of instances that
 //! stay.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,7 +131,6 @@ pub struct Service {
     pub instances: Vec<Arc<Instance>>,
     pub routes: Vec<Route>,
     spec: ServiceSpec,
-    next: AtomicUsize,
 }
 
 impl Service {
@@ -140,13 +140,16 @@ impl Service {
     }
 
     /// The next healthy instance, round-robin; `skip` excludes one (a retry).
-    pub fn pick(&self, skip: Option<&Arc<Instance>>) -> Option<Arc<Instance>> {
+    pub fn pick(&self, skip: Option<&Instance>) -> Option<&Arc<Instance>> {
+        thread_local! {
+            // Each thread turns its own wheel: no counter shared between cores.
+            static NEXT: Cell<usize> = const { Cell::new(0) };
+        }
         let n = self.instances.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = NEXT.replace(NEXT.get().wrapping_add(1));
         (0..n)
-            .map(|i| &self.instances[(start + i) % n])
-            .find(|inst| inst.is_healthy() && skip.is_none_or(|s| !Arc::ptr_eq(s, inst)))
-            .cloned()
+            .map(|i| &self.instances[start.wrapping_add(i) % n])
+            .find(|inst| inst.is_healthy() && skip.is_none_or(|s| !std::ptr::eq(s, &***inst)))
     }
 
     pub fn spec(&self) -> &ServiceSpec {
@@ -207,7 +210,6 @@ impl Registry {
                 instances,
                 routes,
                 spec,
-                next: AtomicUsize::new(0),
             }));
         }
         services.sort_by_key(|s| std::cmp::Reverse(s.prefix.len()));

@@ -29,13 +29,14 @@ use tower::ServiceExt;
 
 use crate::Gateway;
 use crate::body::GatewayBody;
-use crate::proxy::{self, Peer};
+use crate::proxy::{self, Here, Peer};
 use crate::registry::is_reserved;
 
 /// What every request on one serving thread shares.
 struct ThreadState {
     gateway: Arc<Gateway>,
     own: Router,
+    here: Here,
 }
 
 /// Serves on every listener until `shutdown`, then lets in-flight requests
@@ -52,12 +53,14 @@ pub async fn serve(
         let (gateway, own, shutdown) = (gateway.clone(), own.clone(), shutdown.clone());
         std::thread::Builder::new().name(format!("{}-{i}", crate::NAME)).spawn(move || {
             let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|runtime| {
                     let local = tokio::task::LocalSet::new();
-                    local.block_on(&runtime, serve_thread(ThreadState { gateway, own }, listener, shutdown))
+                    let here = Here::new(&gateway);
+                    local.block_on(&runtime, serve_thread(ThreadState { gateway, own, here }, listener, shutdown))
                 });
             let _ = tx.send(result);
         })?;
@@ -134,7 +137,7 @@ async fn handle(state: &ThreadState, peer: &Peer, request: Request<Incoming>) ->
     if is_reserved(request.uri().path()) {
         return own_route(state, peer, request).await;
     }
-    match AssertUnwindSafe(proxy::forward(&state.gateway, peer, request)).catch_unwind().await {
+    match AssertUnwindSafe(proxy::forward(&state.gateway, &state.here, peer, request)).catch_unwind().await {
         Ok(response) => response,
         Err(_) => {
             tracing::error!("forwarding a request panicked");

@@ -77,6 +77,13 @@ pub fn sane_request_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(text)
 }
 
+/// [`new_request_id`] as a header value, without the detour through a `String`.
+pub fn new_request_id_header() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes()).expect("a UUID is plain ASCII")
+}
+
 /// A fresh request id: a UUIDv7 (time-ordered, random below the millisecond;
 /// no shared counter, so threads minting ids never wait for each other).
 pub fn new_request_id() -> String {

@@ -222,7 +222,7 @@ impl IdentityKey {
         self.sign_payload_at(method, path_and_query, payload, SystemTime::now())
     }
 
-    fn sign_payload_at(&self, method: &Method, path_and_query: &str, payload: &str, at: SystemTime) -> HeaderValue {
+    pub fn sign_payload_at(&self, method: &Method, path_and_query: &str, payload: &str, at: SystemTime) -> HeaderValue {
         let ts = unix_millis(at).to_string();
         let tag = B64.encode(self.mac(method, path_and_query, &ts, payload).finalize().into_bytes());
         let mut proof = String::with_capacity(VERSION.len() + ts.len() + payload.len() + tag.len() + 3);
