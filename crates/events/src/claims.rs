@@ -27,11 +27,11 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::commit::{Grant, Refusal};
+use crate::commit::{Announced, Grant, Outcome};
 use crate::condition::Condition;
-use crate::dates;
-use crate::evaluator::{Ledger, window_of};
-use crate::store::{EventRow, RewardRow};
+use crate::evaluator::Ledger;
+use crate::store::RewardRow;
+use crate::targets::Target;
 
 /// Records a claim's move from one status to another, inside the transaction `$tx`.
 macro_rules! record_transition {
@@ -40,7 +40,7 @@ macro_rules! record_transition {
             "INSERT INTO claim_transitions (id, claim_id, from_status, to_status, actor_id, reason, at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(uuid::Uuid::now_v7().to_string())
+        .bind($crate::new_id())
         .bind($claim)
         .bind($from)
         .bind($to)
@@ -137,7 +137,7 @@ impl Answer {
     }
 }
 
-fn reward_snapshot(reward: &RewardRow) -> Value {
+pub(crate) fn reward_snapshot(reward: &RewardRow) -> Value {
     json!({
         "name": reward.name,
         "type": reward.kind,
@@ -295,34 +295,33 @@ fn hex_sha256(text: &str) -> String {
     Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The rule, in the contract's order.
+/// The rule, in the contract's order. The early refusals (404, not active)
+/// come from the claim path's memory of the catalog; the condition is checked
+/// here; the rest (the per-user limit, the stock, and again the reward and the
+/// event) is decided by the grant's batch against the rows it locks.
 async fn claim(state: &AppState, who: &Identity, body: &ClaimRequest, key: Option<&str>) -> Result<Answer, Problem> {
     let not_found = || Problem::not_found("no such event, or the reward is not one of its rewards");
-    let event = state.catalog.event(&body.event_id).await?.ok_or_else(not_found)?;
-    let reward =
-        state.catalog.reward(&body.reward_id).await?.filter(|r| r.event_id == event.id).ok_or_else(not_found)?;
-
-    let now = state.clock.now();
-    let now_us = to_micros(now);
-    if event.status != "ACTIVE" || now_us < event.start_at || now_us > event.end_at {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            ProblemCode::EventNotActive,
-            "the event is not open for claims now",
-        ));
+    let target = state.catalog.claim_target(&body.event_id, &body.reward_id).await?.ok_or_else(not_found)?;
+    let now = to_micros(state.clock.now());
+    if !target.open_at(now) {
+        return Err(not_active());
     }
-    let live = live_claims(state, &who.sub, &reward.id).await?;
-    if live >= reward.per_user_limit {
-        return Err(duplicate(&reward));
+    // From here the grant's writer waits for this claim (briefly).
+    let announced = state.committer.announce(&target.reward.id);
+    if target.condition != Condition::None {
+        check_condition(state, who, &target, now).await?;
     }
-    check_condition(state, who, &event, &reward, now_us).await?;
-    grant(state, who, &event, &reward, now_us, key, live).await
+    grant(announced, who, &target, now, key).await
 }
 
-fn duplicate(reward: &RewardRow) -> Problem {
+fn not_active() -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::EventNotActive, "the event is not open for claims now")
+}
+
+fn duplicate(limit: i64) -> Problem {
     Problem::conflict(
         ProblemCode::DuplicateClaim,
-        format!("you already hold {} claim(s) of this reward, the most allowed", reward.per_user_limit),
+        format!("you already hold {limit} claim(s) of this reward, the most allowed"),
     )
 }
 
@@ -331,26 +330,18 @@ async fn live_claims(state: &AppState, user: &str, reward: &str) -> Result<i64, 
     with_pool!(state.store(), |pool| sqlx::query_scalar(sql).bind(user).bind(reward).fetch_one(pool).await)
 }
 
-/// 400 with what is missing when the condition is not met; the refusal is
-/// kept as one `REJECTED` claim per player and reward, refreshed each time.
-async fn check_condition(
-    state: &AppState,
-    who: &Identity,
-    event: &EventRow,
-    reward: &RewardRow,
-    now: i64,
-) -> Result<(), Problem> {
-    let condition = serde_json::from_str(&event.condition)
-        .ok()
-        .and_then(|v: Value| Condition::parse(&v, "condition").ok())
-        .ok_or_else(|| {
-            Problem::internal_from(format_args!("event {} has a condition that does not parse", event.id))
-        })?;
-    let tz = dates::time_zone(&event.time_zone).unwrap_or(chrono_tz::Tz::UTC);
-    let window = window_of(from_micros(event.start_at), from_micros(event.end_at), tz);
-    let progress = Ledger { store: state.store() }.evaluate(&who.sub, &condition, window).await?;
+/// 400 with what is missing when the condition is not met — unless the
+/// player already holds the most claims allowed, which the contract answers
+/// first (409). The refusal is kept as one `REJECTED` claim per player and
+/// reward, refreshed each time.
+async fn check_condition(state: &AppState, who: &Identity, target: &Target, now: i64) -> Result<(), Problem> {
+    let progress = Ledger { store: state.store() }.evaluate(&who.sub, &target.condition, target.window).await?;
     if progress.met {
         return Ok(());
+    }
+    let reward = &target.reward;
+    if live_claims(state, &who.sub, &reward.id).await? >= reward.per_user_limit {
+        return Err(duplicate(reward.per_user_limit));
     }
     let reason = format!("condition not met: {}", progress.summary);
     let upsert = format!(
@@ -361,9 +352,9 @@ async fn check_condition(
     let snapshot = reward_snapshot(reward).to_string();
     with_pool!(state.store(), |pool| {
         sqlx::query(&upsert)
-            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(crate::new_id())
             .bind(&who.sub)
-            .bind(&event.id)
+            .bind(&target.event.id)
             .bind(&reward.id)
             .bind(&reason)
             .bind(&snapshot)
@@ -377,49 +368,34 @@ async fn check_condition(
     Err(problem)
 }
 
-/// The decisive steps, in one transaction.
+/// The decisive steps, in the grant's batch (see [`crate::commit`]).
 async fn grant(
-    state: &AppState,
+    announced: Announced,
     who: &Identity,
-    event: &EventRow,
-    reward: &RewardRow,
+    target: &Target,
     now: i64,
     key: Option<&str>,
-    live: i64,
 ) -> Result<Answer, Problem> {
-    let status = if reward.requires_approval { "PENDING" } else { "APPROVED" };
-    let row = ClaimRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        user_id: who.sub.clone(),
-        event_id: event.id.clone(),
-        reward_id: reward.id.clone(),
-        slot: None,
-        status: status.to_owned(),
-        reason: None,
-        reward: reward_snapshot(reward).to_string(),
-        created_at: now,
-        processed_at: None,
-        updated_at: now,
-    };
-    let body = serde_json::to_string(&ClaimView::from_row(&row)).unwrap_or_default();
     let grant = Grant {
-        row: row.clone(),
+        claim_id: crate::new_id(),
+        user_id: who.sub.clone(),
+        event_id: target.event.id.clone(),
+        reward_id: target.reward.id.clone(),
         actor: who.sub.clone(),
-        per_user_limit: reward.per_user_limit,
-        live,
-        limited: reward.stock.is_some(),
-        requires_approval: reward.requires_approval,
+        at: now,
         key: key.map(str::to_owned),
-        body: body.clone(),
     };
-    let outcome = state.committer.grant(grant).await.map_err(|e| Problem::internal_from(format_args!("grant: {e}")));
+    let outcome = announced.grant(grant).await.map_err(|e| Problem::internal_from(format_args!("grant: {e}")));
     match outcome? {
-        Ok(()) => {
-            tracing::info!(claim_id = %row.id, user_id = %who.sub, reward_id = %reward.id, status, "reward claimed");
+        Outcome::Granted(row) => {
+            tracing::info!(claim_id = %row.id, user_id = %who.sub, reward_id = %row.reward_id, status = %row.status, "reward claimed");
+            let body = serde_json::to_string(&ClaimView::from_row(&row)).unwrap_or_default();
             Ok(Answer { status: StatusCode::CREATED, body })
         }
-        Err(Refusal::Duplicate) => Err(duplicate(reward)),
-        Err(Refusal::OutOfStock) => Err(Problem::conflict(ProblemCode::OutOfStock, "this reward has no grants left")),
+        Outcome::NotFound => Err(Problem::not_found("no such event, or the reward is not one of its rewards")),
+        Outcome::NotActive => Err(not_active()),
+        Outcome::Duplicate { limit } => Err(duplicate(limit)),
+        Outcome::OutOfStock => Err(Problem::conflict(ProblemCode::OutOfStock, "this reward has no grants left")),
     }
 }
 

@@ -6,6 +6,7 @@
 //! ([`rules::route_rules`]) are enforced here and by the gateway.
 
 pub mod activities;
+mod batch;
 pub mod claims;
 pub mod commit;
 pub mod condition;
@@ -17,6 +18,7 @@ mod rewards;
 pub mod rules;
 pub mod settings;
 pub mod store;
+mod targets;
 
 use std::sync::Arc;
 
@@ -86,7 +88,14 @@ pub async fn open(settings: &EventsSettings, url: &str, clock: SharedClock) -> a
     dates::time_zone(&settings.time_zone).map_err(anyhow::Error::msg)?;
     let store = rewards_kit::service::open_store(NAME, url, &settings.store_options(), &MIGRATIONS).await?;
     let committer = commit::Committer::start(store.clone());
-    Ok(AppState(Arc::new(Events { catalog: CatalogStore::new(store), committer, clock, settings: settings.clone() })))
+    let catalog = CatalogStore::new(store, std::time::Duration::from_millis(settings.claim_cache_ms));
+    Ok(AppState(Arc::new(Events { catalog, committer, clock, settings: settings.clone() })))
+}
+
+/// A new id: a UUIDv7 (time-ordered; random below the millisecond, so the
+/// threads minting ids share no counter).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext)).to_string()
 }
 
 #[derive(OpenApi)]

@@ -10,11 +10,59 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::StreamExt;
 use rewards_kit::server::Shutdown;
+use rewards_kit::store::Store;
 use rewards_kit::{with_pool, with_write_tx};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::batch::{self, TransitionRow};
+
+/// Most payouts delivered in one go.
+const BATCH: usize = 500;
+/// Most webhook calls in flight.
+const WEBHOOK_CALLS: usize = 64;
+
+/// One entry of the built-in ledger.
+#[derive(Debug, Serialize)]
+struct LedgerRow<'a> {
+    claim_id: &'a str,
+    user_id: &'a str,
+    r#type: String,
+    details: String,
+    quantity: i64,
+}
+
+impl<'a> LedgerRow<'a> {
+    fn of(due: &'a Due) -> Self {
+        let reward: Value = serde_json::from_str(&due.reward).unwrap_or(Value::Null);
+        Self {
+            claim_id: &due.claim_id,
+            user_id: &due.user_id,
+            r#type: reward["type"].as_str().unwrap_or("POINT").to_owned(),
+            details: reward["details"].to_string(),
+            quantity: reward["quantity"].as_i64().unwrap_or(1),
+        }
+    }
+}
+
+/// Inserts the [`LedgerRow`]s in the JSON array `$1`, created at `$2`.
+fn insert_ledger(store: &Store) -> &'static str {
+    match store {
+        Store::Postgres(_) => {
+            "INSERT INTO ledger_entries (claim_id, user_id, type, details, quantity, created_at) \
+             SELECT claim_id, user_id, type, details, quantity, $2 FROM json_to_recordset($1::text::json) \
+             AS l(claim_id text, user_id text, type text, details text, quantity bigint) ON CONFLICT DO NOTHING"
+        }
+        Store::Sqlite(_) => {
+            "INSERT INTO ledger_entries (claim_id, user_id, type, details, quantity, created_at) \
+             SELECT value->>'claim_id', value->>'user_id', value->>'type', value->>'details', value->>'quantity', $2 \
+             FROM json_each($1) WHERE true ON CONFLICT DO NOTHING"
+        }
+    }
+}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Due {
@@ -64,32 +112,55 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers what is due (concurrently, up to 32 at a time); returns how many were tried.
+    /// Delivers what is due, up to [`BATCH`] at a time; returns how many were tried.
     pub async fn deliver_due(&self) -> Result<usize, sqlx::Error> {
-        let sql = "SELECT p.claim_id, c.user_id, c.reward, p.attempts FROM payouts p \
-                   JOIN reward_claims c ON c.id = p.claim_id \
-                   WHERE p.delivered_at IS NULL AND p.next_attempt_at <= $1 AND c.status = 'APPROVED' \
-                   ORDER BY p.next_attempt_at LIMIT 32";
-        let due: Vec<Due> =
-            with_pool!(self.state.store(), |pool| sqlx::query_as(sql).bind(now_us()).fetch_all(pool).await)?;
+        // The due payouts first (their partial index), then each one's claim
+        // by its key: no plan can scan the claims.
+        let sql = match self.state.store() {
+            Store::Postgres(_) => {
+                "SELECT p.claim_id, c.user_id, c.reward, p.attempts FROM \
+                 (SELECT claim_id, attempts, next_attempt_at FROM payouts \
+                  WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2) p \
+                 CROSS JOIN LATERAL (SELECT user_id, reward, status FROM reward_claims WHERE id = p.claim_id) c \
+                 WHERE c.status = 'APPROVED' ORDER BY p.next_attempt_at"
+            }
+            Store::Sqlite(_) => {
+                "SELECT p.claim_id, c.user_id, c.reward, p.attempts FROM payouts p \
+                 JOIN reward_claims c ON c.id = p.claim_id \
+                 WHERE p.delivered_at IS NULL AND p.next_attempt_at <= $1 AND c.status = 'APPROVED' \
+                 ORDER BY p.next_attempt_at LIMIT $2"
+            }
+        };
+        let due: Vec<Due> = with_pool!(self.state.store(), |pool| {
+            sqlx::query_as(sql).bind(now_us()).bind(BATCH as i64).fetch_all(pool).await
+        })?;
         let n = due.len();
-        // All together: a slow sink call must not hold up the others.
-        let results = futures_util::future::join_all(due.into_iter().map(|d| self.deliver(d))).await;
-        for result in results {
-            result?;
+        let delivered = match &self.state.settings.payout_webhook_url {
+            // The built-in ledger is this store: writing it is the delivery.
+            None => due,
+            Some(url) => {
+                // Concurrently, a bounded number at a time: a slow call must
+                // not hold up the others.
+                let calls = futures_util::stream::iter(due.into_iter().map(|d| async move {
+                    let outcome = self.call_webhook(url, &d).await;
+                    (d, outcome)
+                }))
+                .buffer_unordered(WEBHOOK_CALLS);
+                let results: Vec<(Due, Result<(), String>)> = calls.collect().await;
+                let mut delivered = Vec::with_capacity(results.len());
+                for (due, outcome) in results {
+                    match outcome {
+                        Ok(()) => delivered.push(due),
+                        Err(why) => self.failed(&due, &why).await?,
+                    }
+                }
+                delivered
+            }
+        };
+        if !delivered.is_empty() {
+            self.paid(&delivered).await?;
         }
         Ok(n)
-    }
-
-    async fn deliver(&self, due: Due) -> Result<(), sqlx::Error> {
-        let outcome = match &self.state.settings.payout_webhook_url {
-            None => Ok(()),
-            Some(url) => self.call_webhook(url, &due).await,
-        };
-        match outcome {
-            Ok(()) => self.paid(&due).await,
-            Err(why) => self.failed(&due, &why).await,
-        }
     }
 
     async fn call_webhook(&self, url: &str, due: &Due) -> Result<(), String> {
@@ -109,45 +180,46 @@ impl Dispatcher {
         if response.status().is_success() { Ok(()) } else { Err(format!("the sink answered {}", response.status())) }
     }
 
-    /// The sink confirmed: the claim is PAID (and, with the built-in sink, the
-    /// ledger has its entry), in one transaction.
-    async fn paid(&self, due: &Due) -> Result<(), sqlx::Error> {
+    /// The sink confirmed: the claims are PAID (and, with the built-in sink,
+    /// the ledger has their entries), all in one transaction.
+    async fn paid(&self, delivered: &[Due]) -> Result<(), sqlx::Error> {
+        let store = self.state.store();
         let builtin = self.state.settings.payout_webhook_url.is_none();
-        let reward: Value = serde_json::from_str(&due.reward).unwrap_or(Value::Null);
         let at = rewards_kit::clock::to_micros(self.state.clock.now());
-        let ledger = "INSERT INTO ledger_entries (claim_id, user_id, type, details, quantity, created_at) \
-                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
-        let claim = "UPDATE reward_claims SET status = 'PAID', processed_at = $1, updated_at = $1 \
-                     WHERE id = $2 AND status = 'APPROVED'";
-        let payout =
-            "UPDATE payouts SET delivered_at = $1, attempts = attempts + 1, last_error = NULL WHERE claim_id = $2";
-        with_write_tx!(self.state.store(), |tx| {
+        let entries: Vec<LedgerRow> = delivered.iter().map(LedgerRow::of).collect();
+        let ids = batch::Ids::of(delivered.iter().map(|d| d.claim_id.as_str()));
+        let claims = format!(
+            "UPDATE reward_claims SET status = 'PAID', processed_at = $1, updated_at = $1 \
+             WHERE id {} AND status = 'APPROVED' RETURNING id",
+            batch::in_list(store, 2)
+        );
+        let payouts = format!(
+            "UPDATE payouts SET delivered_at = $1, attempts = attempts + 1, last_error = NULL WHERE claim_id {}",
+            batch::in_list(store, 2)
+        );
+        with_write_tx!(store, |tx| {
             if builtin {
-                sqlx::query(ledger)
-                    .bind(&due.claim_id)
-                    .bind(&due.user_id)
-                    .bind(reward["type"].as_str().unwrap_or("POINT"))
-                    .bind(reward["details"].to_string())
-                    .bind(reward["quantity"].as_i64().unwrap_or(1))
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(insert_ledger(store)).bind(batch::json(&entries)).bind(at).execute(&mut *tx).await?;
             }
-            let moved = sqlx::query(claim).bind(at).bind(&due.claim_id).execute(&mut *tx).await?.rows_affected();
-            sqlx::query(payout).bind(at).bind(&due.claim_id).execute(&mut *tx).await?;
-            if moved == 1 {
-                crate::claims::record_transition!(
-                    tx,
-                    &due.claim_id,
-                    Some("APPROVED"),
-                    "PAID",
-                    "payout",
-                    None::<&str>,
-                    at
-                );
+            let moved: Vec<String> = sqlx::query_scalar(&claims).bind(at).bind(&ids).fetch_all(&mut *tx).await?;
+            sqlx::query(&payouts).bind(at).bind(&ids).execute(&mut *tx).await?;
+            if !moved.is_empty() {
+                let transitions: Vec<TransitionRow> = moved
+                    .iter()
+                    .map(|id| TransitionRow {
+                        id: crate::new_id(),
+                        claim_id: id,
+                        from_status: Some("APPROVED"),
+                        to_status: "PAID",
+                        actor_id: "payout",
+                        reason: None,
+                        at,
+                    })
+                    .collect();
+                sqlx::query(batch::insert_transitions(store)).bind(batch::json(&transitions)).execute(&mut *tx).await?;
             }
         });
-        tracing::info!(claim_id = %due.claim_id, "paid");
+        tracing::debug!(claims = delivered.len(), "paid");
         Ok(())
     }
 

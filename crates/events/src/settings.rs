@@ -30,6 +30,10 @@ pub struct EventsSettings {
     pub payout_timeout_ms: u64,
     /// How often the payout outbox is checked, in milliseconds.
     pub payout_poll_ms: u64,
+    /// How long a claim may rely on a remembered event and reward (window,
+    /// condition) before reading them again, in milliseconds; changes made
+    /// through this process are seen at once. 0: read them for every claim.
+    pub claim_cache_ms: u64,
 }
 
 impl Default for EventsSettings {
@@ -45,6 +49,7 @@ impl Default for EventsSettings {
             payout_backoff_ms: 500,
             payout_timeout_ms: 5_000,
             payout_poll_ms: 250,
+            claim_cache_ms: 1_000,
         }
     }
 }

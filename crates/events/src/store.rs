@@ -7,10 +7,14 @@
 //! one reward cannot lose each other's change, and stock arithmetic stays in
 //! that transaction.
 
+use std::sync::Arc;
+
 use rewards_kit::page::{PageRequest, keyset_condition};
 use rewards_kit::store::Store;
 use rewards_kit::{Problem, with_pool, with_write_tx};
 use serde_json::Value;
+
+use crate::targets::{Target, Targets};
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct EventRow {
@@ -82,7 +86,7 @@ impl From<StoreError> for Problem {
 
 const EVENT_COLUMNS: &str =
     "id, name, description, condition, start_at, end_at, time_zone, status, created_by, created_at, updated_at";
-const REWARD_COLUMNS: &str = "id, event_id, name, type, details, quantity, stock, remaining, per_user_limit, \
+pub(crate) const REWARD_COLUMNS: &str = "id, event_id, name, type, details, quantity, stock, remaining, per_user_limit, \
                               requires_approval, created_by, created_at, updated_at";
 const INSERT_AUDIT: &str = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -108,11 +112,32 @@ macro_rules! audit {
 #[derive(Debug, Clone)]
 pub struct CatalogStore {
     store: Store,
+    /// The claim path's memory of the catalog; every change here forgets
+    /// what it touched.
+    targets: Arc<Targets>,
 }
 
 impl CatalogStore {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, claim_cache: std::time::Duration) -> Self {
+        Self { store, targets: Arc::new(Targets::new(claim_cache)) }
+    }
+
+    /// A reward of an event with what a claim needs of both, or `None` when
+    /// there is no such reward of that event.
+    pub async fn claim_target(&self, event_id: &str, reward_id: &str) -> Result<Option<Arc<Target>>, Problem> {
+        let target = match self.targets.get(reward_id) {
+            Some(target) => target,
+            None => {
+                let Some(reward) = self.reward(reward_id).await? else { return Ok(None) };
+                let Some(event) = self.event(&reward.event_id).await? else { return Ok(None) };
+                let target = Target::new(event, reward).map(Arc::new).ok_or_else(|| {
+                    Problem::internal_from(format_args!("reward {reward_id}: its event's condition does not parse"))
+                })?;
+                self.targets.put(target.clone());
+                target
+            }
+        };
+        Ok(Some(target).filter(|t| t.event.id == event_id))
     }
 
     pub fn inner(&self) -> &Store {
@@ -207,6 +232,7 @@ impl CatalogStore {
             audit!(tx, change, "event", id, "event.update", Some(before), Some(after));
             next
         });
+        self.targets.forget_event(id);
         Ok(updated)
     }
 
@@ -312,6 +338,7 @@ impl CatalogStore {
             audit!(tx, change, "reward", id, "reward.update", Some(before), Some(after));
             next
         });
+        self.targets.forget_reward(id);
         Ok(updated)
     }
 }
