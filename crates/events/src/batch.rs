@@ -8,7 +8,7 @@
 //! prepares them: ids are matched with `= ANY(array)` (an index probe per
 //! id) on PostgreSQL, and per-row lookups go through `LATERAL`.
 
-use rewards_kit::store::Store;
+use rewards_kit::store::{Store, StoreKind};
 use serde::Serialize;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -72,15 +72,15 @@ pub struct TransitionRow<'a> {
 }
 
 /// Inserts the [`TransitionRow`]s in the JSON array `$1`.
-pub fn insert_transitions(store: &Store) -> &'static str {
-    match store {
-        Store::Postgres(_) => {
+pub fn insert_transitions(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::Postgres => {
             "INSERT INTO claim_transitions (id, claim_id, from_status, to_status, actor_id, reason, at) \
              SELECT id, claim_id, from_status, to_status, actor_id, reason, at \
              FROM json_to_recordset($1::text::json) AS t(id text, claim_id text, from_status text, to_status text, \
              actor_id text, reason text, at bigint)"
         }
-        Store::Sqlite(_) => {
+        StoreKind::Sqlite => {
             "INSERT INTO claim_transitions (id, claim_id, from_status, to_status, actor_id, reason, at) \
              SELECT value->>'id', value->>'claim_id', value->>'from_status', value->>'to_status', \
              value->>'actor_id', value->>'reason', value->>'at' FROM json_each($1)"

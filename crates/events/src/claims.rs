@@ -30,6 +30,7 @@ use crate::AppState;
 use crate::commit::{Announced, Grant, Outcome};
 use crate::condition::Condition;
 use crate::evaluator::Ledger;
+use crate::payout::{Due, HANDOFF_GRACE};
 use crate::store::RewardRow;
 use crate::targets::Target;
 
@@ -296,23 +297,33 @@ fn hex_sha256(text: &str) -> String {
 }
 
 /// The rule, in the contract's order. The early refusals (404, not active)
-/// come from the claim path's memory of the catalog; the condition is checked
-/// here; the rest (the per-user limit, the stock, and again the reward and the
-/// event) is decided by the grant's batch against the rows it locks.
+/// and the condition are checked against the claim path's memory of the
+/// catalog; the grant's batch then decides the rest (the per-user limit, the
+/// stock) against the rows it locks — and if the reward or its event changed
+/// since they were read, the claim is checked again against the new ones.
 async fn claim(state: &AppState, who: &Identity, body: &ClaimRequest, key: Option<&str>) -> Result<Answer, Problem> {
-    let not_found = || Problem::not_found("no such event, or the reward is not one of its rewards");
-    let target = state.catalog.claim_target(&body.event_id, &body.reward_id).await?.ok_or_else(not_found)?;
-    let now = to_micros(state.clock.now());
-    if !target.open_at(now) {
-        return Err(not_active());
+    for _ in 0..MAX_CHECKS {
+        let not_found = || Problem::not_found("no such event, or the reward is not one of its rewards");
+        let target = state.catalog.claim_target(&body.event_id, &body.reward_id).await?.ok_or_else(not_found)?;
+        let now = to_micros(state.clock.now());
+        if !target.open_at(now) {
+            return Err(not_active());
+        }
+        // From here the grant's writer waits for this claim (briefly).
+        let announced = state.committer.announce(&target.reward.id);
+        if target.condition != Condition::None {
+            check_condition(state, who, &target, now).await?;
+        }
+        match grant(announced, who, &target, now, key).await? {
+            Some(answer) => return Ok(answer),
+            None => state.catalog.forget_target(&target.reward.id),
+        }
     }
-    // From here the grant's writer waits for this claim (briefly).
-    let announced = state.committer.announce(&target.reward.id);
-    if target.condition != Condition::None {
-        check_condition(state, who, &target, now).await?;
-    }
-    grant(announced, who, &target, now, key).await
+    Err(Problem::unavailable("the reward is being changed right now; try again", 1))
 }
+
+/// How often a claim is checked again because its reward or event changed meanwhile.
+const MAX_CHECKS: usize = 3;
 
 fn not_active() -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, ProblemCode::EventNotActive, "the event is not open for claims now")
@@ -345,9 +356,9 @@ async fn check_condition(state: &AppState, who: &Identity, target: &Target, now:
     }
     let reason = format!("condition not met: {}", progress.summary);
     let upsert = format!(
-        "INSERT INTO reward_claims ({CLAIM_COLUMNS}) VALUES ($1, $2, $3, $4, NULL, 'REJECTED', $5, $6, $7, NULL, $7) \
-         ON CONFLICT (user_id, reward_id) WHERE status = 'REJECTED' AND slot IS NULL AND processed_at IS NULL \
-         DO UPDATE SET reason = $5, updated_at = $7"
+        "INSERT INTO reward_claims ({CLAIM_COLUMNS}, refusal) \
+         VALUES ($1, $2, $3, $4, NULL, 'REJECTED', $5, $6, $7, NULL, $7, true) \
+         ON CONFLICT (user_id, reward_id) WHERE refusal DO UPDATE SET reason = $5, updated_at = $7"
     );
     let snapshot = reward_snapshot(reward).to_string();
     with_pool!(state.store(), |pool| {
@@ -368,32 +379,52 @@ async fn check_condition(state: &AppState, who: &Identity, target: &Target, now:
     Err(problem)
 }
 
-/// The decisive steps, in the grant's batch (see [`crate::commit`]).
+/// The decisive steps, in the grant's batch (see [`crate::commit`]); `None`
+/// when the reward or its event changed since `target` was read.
 async fn grant(
     announced: Announced,
     who: &Identity,
     target: &Target,
     now: i64,
     key: Option<&str>,
-) -> Result<Answer, Problem> {
-    let grant = Grant {
-        claim_id: crate::new_id(),
+) -> Result<Option<Answer>, Problem> {
+    let reward = &target.reward;
+    let status = if reward.requires_approval { "PENDING" } else { "APPROVED" };
+    let row = ClaimRow {
+        id: crate::new_id(),
         user_id: who.sub.clone(),
         event_id: target.event.id.clone(),
-        reward_id: target.reward.id.clone(),
+        reward_id: reward.id.clone(),
+        slot: None,
+        status: status.to_owned(),
+        reason: None,
+        reward: reward_snapshot(reward).to_string(),
+        created_at: now,
+        processed_at: None,
+        updated_at: now,
+    };
+    let body = serde_json::to_string(&ClaimView::from_row(&row)).unwrap_or_default();
+    let grant = Grant {
+        transition_id: crate::new_id(),
+        claim_id: row.id.clone(),
+        user_id: row.user_id.clone(),
+        event_id: row.event_id.clone(),
+        reward_id: row.reward_id.clone(),
         actor: who.sub.clone(),
         at: now,
-        key: key.map(str::to_owned),
+        status,
+        reward: row.reward.clone(),
+        reward_version: reward.updated_at,
+        event_version: target.event.updated_at,
+        key: key.map(|k| (k.to_owned(), body.clone())),
     };
-    let outcome = announced.grant(grant).await.map_err(|e| Problem::internal_from(format_args!("grant: {e}")));
-    match outcome? {
-        Outcome::Granted(row) => {
-            tracing::info!(claim_id = %row.id, user_id = %who.sub, reward_id = %row.reward_id, status = %row.status, "reward claimed");
-            let body = serde_json::to_string(&ClaimView::from_row(&row)).unwrap_or_default();
-            Ok(Answer { status: StatusCode::CREATED, body })
+    let outcome = announced.grant(grant).await.map_err(|e| Problem::internal_from(format_args!("grant: {e}")))?;
+    match outcome {
+        Outcome::Granted => {
+            tracing::info!(claim_id = %row.id, user_id = %who.sub, reward_id = %row.reward_id, status, "reward claimed");
+            Ok(Some(Answer { status: StatusCode::CREATED, body }))
         }
-        Outcome::NotFound => Err(Problem::not_found("no such event, or the reward is not one of its rewards")),
-        Outcome::NotActive => Err(not_active()),
+        Outcome::Stale => Ok(None),
         Outcome::Duplicate { limit } => Err(duplicate(limit)),
         Outcome::OutOfStock => Err(Problem::conflict(ProblemCode::OutOfStock, "this reward has no grants left")),
     }
@@ -574,7 +605,9 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
                     sqlx::query(restock).bind(&row.reward_id).execute(&mut *tx).await?;
                 }
                 if to == "APPROVED" {
-                    sqlx::query(payout).bind(id).bind(now).execute(&mut *tx).await?;
+                    // Handed to the dispatcher below; the poll waits its grace.
+                    let due_at = now + HANDOFF_GRACE.as_micros() as i64;
+                    sqlx::query(payout).bind(id).bind(due_at).execute(&mut *tx).await?;
                 }
                 record_transition!(tx, id, Some(from), to, &actor.sub, reason.as_deref(), now);
             }
@@ -585,6 +618,14 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
     match outcome? {
         Some(row) => {
             tracing::info!(claim_id = %id, from, to, by = %actor.sub, "claim moved");
+            if to == "APPROVED" {
+                state.handoff.hand(Due {
+                    claim_id: row.id.clone(),
+                    user_id: row.user_id.clone(),
+                    reward: row.reward.clone(),
+                    attempts: 0,
+                });
+            }
             Ok(ClaimView::from_row(&row))
         }
         None => {

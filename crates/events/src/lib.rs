@@ -62,6 +62,10 @@ pub struct Events {
     pub catalog: CatalogStore,
     /// Writes grants in group commits.
     pub committer: commit::Committer,
+    /// Hands payouts that just became due to the dispatcher.
+    pub handoff: payout::Handoff,
+    /// The other end, until the dispatcher takes it.
+    handed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<payout::Due>>>,
     pub clock: SharedClock,
     pub settings: EventsSettings,
 }
@@ -87,15 +91,17 @@ impl std::ops::Deref for AppState {
 pub async fn open(settings: &EventsSettings, url: &str, clock: SharedClock) -> anyhow::Result<AppState> {
     dates::time_zone(&settings.time_zone).map_err(anyhow::Error::msg)?;
     let store = rewards_kit::service::open_store(NAME, url, &settings.store_options(), &MIGRATIONS).await?;
-    let committer = commit::Committer::start(store.clone());
+    let (handoff, handed) = payout::Handoff::channel();
+    let committer = commit::Committer::start(store.clone(), handoff.clone());
     let catalog = CatalogStore::new(store, std::time::Duration::from_millis(settings.claim_cache_ms));
-    Ok(AppState(Arc::new(Events { catalog, committer, clock, settings: settings.clone() })))
+    let handed = std::sync::Mutex::new(Some(handed));
+    Ok(AppState(Arc::new(Events { catalog, committer, handoff, handed, clock, settings: settings.clone() })))
 }
 
-/// A new id: a UUIDv7 (time-ordered; random below the millisecond, so the
-/// threads minting ids share no counter).
+/// A new id: a UUIDv7, in the order made across the process (a claim's
+/// transitions sort by id in the order they happened).
 pub fn new_id() -> String {
-    uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext)).to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 #[derive(OpenApi)]

@@ -6,6 +6,13 @@
 //! `Idempotency-Key` so a retried call grants once. Failures are retried with
 //! exponential backoff; after `payout_max_attempts` the claim is `FAILED`
 //! until an operator retries it. A restart resumes whatever is due.
+//!
+//! A grant's transaction also hands its payout to the dispatcher in memory
+//! once it has committed ([`Handoff`]), so a new grant is delivered at once
+//! without the dispatcher looking for it; its outbox row waits
+//! [`HANDOFF_GRACE`] before the poll may take it, and is what survives a
+//! crash. Should both deliver a claim, the sink sees the same
+//! `Idempotency-Key` twice and the claim moves to `PAID` once.
 
 use std::time::Duration;
 
@@ -16,6 +23,7 @@ use rewards_kit::store::Store;
 use rewards_kit::{with_pool, with_write_tx};
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::batch::{self, TransitionRow};
@@ -64,17 +72,50 @@ fn insert_ledger(store: &Store) -> &'static str {
     }
 }
 
+/// A claim to deliver.
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct Due {
-    claim_id: String,
-    user_id: String,
-    reward: String,
-    attempts: i64,
+pub struct Due {
+    pub claim_id: String,
+    pub user_id: String,
+    /// The reward as claimed (JSON).
+    pub reward: String,
+    pub attempts: i64,
+}
+
+/// How long a new payout row waits before the poll may take it: the
+/// in-memory handoff delivers it well before.
+pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
+/// Payouts waiting in memory; past that they wait for the poll.
+const HANDOFF_QUEUE: usize = 65_536;
+
+/// Hands newly due payouts to the dispatcher, after their transaction committed.
+#[derive(Debug, Clone)]
+pub struct Handoff(mpsc::Sender<Due>);
+
+impl Handoff {
+    pub fn channel() -> (Self, mpsc::Receiver<Due>) {
+        let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+        (Self(tx), rx)
+    }
+
+    /// Never waits: with the queue full (or no dispatcher), the poll finds it.
+    pub fn hand(&self, due: Due) {
+        let _ = self.0.try_send(due);
+    }
 }
 
 pub struct Dispatcher {
     state: AppState,
     client: reqwest::Client,
+    handed: Option<mpsc::Receiver<Due>>,
+}
+
+/// The next payout handed over, or never when there is no handoff.
+async fn next_handed(handed: &mut Option<mpsc::Receiver<Due>>) -> Option<Due> {
+    match handed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_us() -> i64 {
@@ -82,32 +123,60 @@ fn now_us() -> i64 {
 }
 
 impl Dispatcher {
+    /// The service's dispatcher; the first one made takes the in-memory
+    /// handoff, any other only polls.
     pub fn new(state: AppState) -> Self {
         let timeout = Duration::from_millis(state.settings.payout_timeout_ms.max(1));
         let client = reqwest::Client::builder().timeout(timeout).build().expect("an HTTP client");
-        Self { state, client }
+        let handed = state.handed.lock().expect("handoff").take();
+        Self { state, client, handed }
     }
 
-    pub async fn run(self, shutdown: Shutdown) {
+    pub async fn run(mut self, shutdown: Shutdown) {
         let poll = Duration::from_millis(self.state.settings.payout_poll_ms.max(10));
         match &self.state.settings.payout_webhook_url {
             Some(url) => tracing::info!(%url, "paying out through the inventory webhook"),
             None => tracing::info!("paying out into the built-in ledger"),
         }
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let busy = match self.deliver_due().await {
-                Ok(n) => n > 0,
-                Err(err) => {
-                    tracing::warn!(error = %err, "payout: could not read or update the outbox");
-                    false
-                }
-            };
-            if busy {
-                continue;
-            }
+            let mut handed = self.handed.take();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(poll) => {}
+                Some(first) = next_handed(&mut handed) => {
+                    let mut due = vec![first];
+                    if let Some(rx) = handed.as_mut() {
+                        while due.len() < BATCH {
+                            match rx.try_recv() {
+                                Ok(d) => due.push(d),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    self.handed = handed;
+                    if let Err(err) = self.deliver(due).await {
+                        tracing::warn!(error = %err, "payout: could not update the outbox");
+                    }
+                }
+                _ = tick.tick() => {
+                    self.handed = handed;
+                    self.poll_until_done().await;
+                }
+            }
+        }
+    }
+
+    /// Everything the outbox says is due, batch after batch.
+    async fn poll_until_done(&self) {
+        loop {
+            match self.deliver_due().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "payout: could not read or update the outbox");
+                    return;
+                }
             }
         }
     }
@@ -135,6 +204,12 @@ impl Dispatcher {
             sqlx::query_as(sql).bind(now_us()).bind(BATCH as i64).fetch_all(pool).await
         })?;
         let n = due.len();
+        self.deliver(due).await?;
+        Ok(n)
+    }
+
+    /// Delivers `due` to the sink; the confirmed ones are PAID in one transaction.
+    async fn deliver(&self, due: Vec<Due>) -> Result<(), sqlx::Error> {
         let delivered = match &self.state.settings.payout_webhook_url {
             // The built-in ledger is this store: writing it is the delivery.
             None => due,
@@ -160,7 +235,7 @@ impl Dispatcher {
         if !delivered.is_empty() {
             self.paid(&delivered).await?;
         }
-        Ok(n)
+        Ok(())
     }
 
     async fn call_webhook(&self, url: &str, due: &Due) -> Result<(), String> {
@@ -193,16 +268,14 @@ impl Dispatcher {
              WHERE id {} AND status = 'APPROVED' RETURNING id",
             batch::in_list(store, 2)
         );
-        let payouts = format!(
-            "UPDATE payouts SET delivered_at = $1, attempts = attempts + 1, last_error = NULL WHERE claim_id {}",
-            batch::in_list(store, 2)
-        );
+        // Delivered: out of the outbox (the PAID transition records when).
+        let payouts = format!("DELETE FROM payouts WHERE claim_id {}", batch::in_list(store, 1));
         with_write_tx!(store, |tx| {
             if builtin {
                 sqlx::query(insert_ledger(store)).bind(batch::json(&entries)).bind(at).execute(&mut *tx).await?;
             }
             let moved: Vec<String> = sqlx::query_scalar(&claims).bind(at).bind(&ids).fetch_all(&mut *tx).await?;
-            sqlx::query(&payouts).bind(at).bind(&ids).execute(&mut *tx).await?;
+            sqlx::query(&payouts).bind(&ids).execute(&mut *tx).await?;
             if !moved.is_empty() {
                 let transitions: Vec<TransitionRow> = moved
                     .iter()
@@ -216,7 +289,10 @@ impl Dispatcher {
                         at,
                     })
                     .collect();
-                sqlx::query(batch::insert_transitions(store)).bind(batch::json(&transitions)).execute(&mut *tx).await?;
+                sqlx::query(batch::insert_transitions(store.kind()))
+                    .bind(batch::json(&transitions))
+                    .execute(&mut *tx)
+                    .await?;
             }
         });
         tracing::debug!(claims = delivered.len(), "paid");

@@ -122,6 +122,11 @@ impl CatalogStore {
         Self { store, targets: Arc::new(Targets::new(claim_cache)) }
     }
 
+    /// Forgets what the claim path remembers of a reward (it changed).
+    pub fn forget_target(&self, reward_id: &str) {
+        self.targets.forget_reward(reward_id);
+    }
+
     /// A reward of an event with what a claim needs of both, or `None` when
     /// there is no such reward of that event.
     pub async fn claim_target(&self, event_id: &str, reward_id: &str) -> Result<Option<Arc<Target>>, Problem> {

@@ -4,10 +4,12 @@
 //! changes either.
 //!
 //! It answers the early refusals (404, `EVENT_NOT_ACTIVE`) and says which
-//! condition to check. It never decides a grant: the grant's batch reads the
-//! reward (locked) and the event again and judges against those rows, so a
-//! change made through another instance is honoured by every grant at once;
-//! only the condition checked may be up to `claim_cache_ms` old there.
+//! condition to check. It never decides a grant on its own: the grant's batch
+//! compares the versions (`updated_at`) of the reward and the event it was
+//! checked against with the rows it locks, and a claim checked against a
+//! changed one is checked again — so a change made through another instance
+//! holds for every grant at once. Only a refusal (not active, condition not
+//! met) can rest on a view up to `claim_cache_ms` old.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
