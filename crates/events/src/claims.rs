@@ -414,8 +414,8 @@ async fn grant(
         at: now,
         status,
         reward: row.reward.clone(),
-        reward_version: reward.updated_at,
-        event_version: target.event.updated_at,
+        reward_version: target.reward_version,
+        event_version: target.event_version,
         key: key.map(|k| (k.to_owned(), body.clone())),
     };
     let outcome = announced.grant(grant).await.map_err(|e| Problem::internal_from(format_args!("grant: {e}")))?;

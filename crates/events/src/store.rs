@@ -133,9 +133,17 @@ impl CatalogStore {
         let target = match self.targets.get(reward_id) {
             Some(target) => target,
             None => {
+                // The versions first: a change landing between these reads
+                // pairs new rows with old versions, which a grant refuses
+                // (and the claim reads again) — never the other way round.
+                let sql =
+                    "SELECT r.version, e.version FROM rewards r JOIN events e ON e.id = r.event_id WHERE r.id = $1";
+                let versions: Option<(i64, i64)> =
+                    with_pool!(&self.store, |pool| sqlx::query_as(sql).bind(reward_id).fetch_optional(pool).await)?;
+                let Some(versions) = versions else { return Ok(None) };
                 let Some(reward) = self.reward(reward_id).await? else { return Ok(None) };
                 let Some(event) = self.event(&reward.event_id).await? else { return Ok(None) };
-                let target = Target::new(event, reward).map(Arc::new).ok_or_else(|| {
+                let target = Target::new(event, reward, versions).map(Arc::new).ok_or_else(|| {
                     Problem::internal_from(format_args!("reward {reward_id}: its event's condition does not parse"))
                 })?;
                 self.targets.put(target.clone());
@@ -214,7 +222,7 @@ impl CatalogStore {
     ) -> Result<EventRow, StoreError> {
         let select = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1{}", self.for_update());
         let update = "UPDATE events SET name = $1, description = $2, condition = $3, start_at = $4, end_at = $5, \
-                      time_zone = $6, status = $7, updated_at = $8 WHERE id = $9";
+                      time_zone = $6, status = $7, updated_at = $8, version = version + 1 WHERE id = $9";
         let updated = with_write_tx!(&self.store, |tx| {
             let current = sqlx::query_as::<_, EventRow>(&select)
                 .bind(id)
@@ -319,7 +327,7 @@ impl CatalogStore {
     ) -> Result<RewardRow, StoreError> {
         let select = format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE id = $1{}", self.for_update());
         let update = "UPDATE rewards SET name = $1, type = $2, details = $3, quantity = $4, stock = $5, remaining = $6, \
-                      per_user_limit = $7, requires_approval = $8, updated_at = $9 WHERE id = $10";
+                      per_user_limit = $7, requires_approval = $8, updated_at = $9, version = version + 1 WHERE id = $10";
         let updated = with_write_tx!(&self.store, |tx| {
             let current = sqlx::query_as::<_, RewardRow>(&select)
                 .bind(id)

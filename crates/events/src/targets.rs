@@ -5,8 +5,8 @@
 //!
 //! It answers the early refusals (404, `EVENT_NOT_ACTIVE`) and says which
 //! condition to check. It never decides a grant on its own: the grant's batch
-//! compares the versions (`updated_at`) of the reward and the event it was
-//! checked against with the rows it locks, and a claim checked against a
+//! compares the versions (a counter every change bumps) of the reward and the
+//! event it was checked against with the rows it locks, and a claim checked against a
 //! changed one is checked again — so a change made through another instance
 //! holds for every grant at once. Only a refusal (not active, condition not
 //! met) can rest on a view up to `claim_cache_ms` old.
@@ -30,18 +30,21 @@ pub struct Target {
     pub reward: RewardRow,
     pub condition: Condition,
     pub window: Window,
+    /// The versions of the reward and of the event these rows are (at most).
+    pub reward_version: i64,
+    pub event_version: i64,
 }
 
 impl Target {
     /// `None` when the stored condition does not parse (a bug: conditions are
     /// validated when written).
-    pub fn new(event: EventRow, reward: RewardRow) -> Option<Self> {
+    pub fn new(event: EventRow, reward: RewardRow, (reward_version, event_version): (i64, i64)) -> Option<Self> {
         let condition = serde_json::from_str::<Value>(&event.condition)
             .ok()
             .and_then(|v| Condition::parse(&v, "condition").ok())?;
         let tz = dates::time_zone(&event.time_zone).unwrap_or(chrono_tz::Tz::UTC);
         let window = window_of(from_micros(event.start_at), from_micros(event.end_at), tz);
-        Some(Self { event, reward, condition, window })
+        Some(Self { event, reward, condition, window, reward_version, event_version })
     }
 
     /// Claimable at `now` (micros): `ACTIVE` and inside the window.

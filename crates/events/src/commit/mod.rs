@@ -64,7 +64,7 @@ pub struct Grant {
     pub status: &'static str,
     /// The reward as claimed: `{name, type, details, quantity}` as JSON.
     pub reward: String,
-    /// The `updated_at` of the reward and of the event the claim was checked
+    /// The versions of the reward and of the event the claim was checked
     /// against; if either has changed since, the grant is [`Outcome::Stale`].
     pub reward_version: i64,
     pub event_version: i64,

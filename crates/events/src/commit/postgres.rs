@@ -35,7 +35,7 @@ WITH g AS (
 ),
 locked AS (
     SELECT r.id, r.event_id, r.stock, r.remaining, r.per_user_limit,
-           r.updated_at AS reward_version, e.updated_at AS event_version
+           r.version AS reward_version, e.version AS event_version
     FROM rewards r JOIN events e ON e.id = r.event_id
     WHERE r.id = ANY($2) ORDER BY r.id FOR UPDATE OF r
 ),

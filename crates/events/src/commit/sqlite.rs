@@ -65,7 +65,7 @@ struct PayoutInsert<'a> {
 }
 
 const LOCKED: &str = "SELECT r.id, r.event_id, r.stock, r.remaining, r.per_user_limit, \
-                      r.updated_at AS reward_version, e.updated_at AS event_version \
+                      r.version AS reward_version, e.version AS event_version \
                       FROM rewards r JOIN events e ON e.id = r.event_id \
                       WHERE r.id IN (SELECT value FROM json_each($1))";
 const HOLDINGS: &str = "SELECT c.user_id, c.reward_id, COUNT(*) AS live, MAX(c.slot) AS highest \

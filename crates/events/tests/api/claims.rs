@@ -16,6 +16,9 @@ store_tests!(
     a_thousand_players_racing_for_a_hundred_get_exactly_a_hundred,
     one_idempotency_key_makes_one_claim,
     claim_history_for_players_and_staff,
+    a_change_through_another_instance_holds_for_the_next_claim,
+    two_instances_racing_for_one_player_grant_exactly_its_limit,
+    a_slot_given_back_below_the_highest_is_taken_again,
 );
 
 async fn setup(events: &TestEvents, condition: Value, reward: Value) -> (String, String) {
@@ -269,4 +272,78 @@ async fn claim_history_for_players_and_staff(store: TestStore) {
         )
         .await;
     }
+}
+
+async fn a_change_through_another_instance_holds_for_the_next_claim(store: TestStore) {
+    let a = TestEvents::start(store).await;
+    let b = a.another_instance().await;
+    let (event, reward) = setup(&a, json!({ "type": "none" }), points(json!({}))).await;
+    // A claim through A: A now remembers the reward and its event.
+    assert_eq!(claim(&a, &player(), &event, &reward).await.status(), StatusCode::CREATED);
+
+    // Through B, the reward comes to need approval: A's next grant is PENDING.
+    let path = format!("/rewards/{reward}");
+    let changed = b.send(Method::PATCH, &path, Some(&operator()), Some(json!({ "requiresApproval": true }))).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    let sam = who("sam", &[Role::User]);
+    let pending: Value = claim(&a, &sam, &event, &reward).await.json().await.unwrap();
+    assert_eq!(pending["status"], "PENDING", "{pending}");
+
+    // Through B, the event is closed: A refuses at once.
+    let path = format!("/events/{event}");
+    let closed = b.send(Method::PATCH, &path, Some(&operator()), Some(json!({ "status": "INACTIVE" }))).await;
+    assert_eq!(closed.status(), StatusCode::OK);
+    let kim = who("kim", &[Role::User]);
+    problem(claim(&a, &kim, &event, &reward).await, StatusCode::BAD_REQUEST, "EVENT_NOT_ACTIVE").await;
+}
+
+async fn two_instances_racing_for_one_player_grant_exactly_its_limit(store: TestStore) {
+    let a = TestEvents::start(store).await;
+    let b = a.another_instance().await;
+    let (event, reward) =
+        setup(&a, json!({ "type": "none" }), points(json!({ "perUserLimit": 3, "stock": 100 }))).await;
+    let pat = player();
+    let body = json!({ "eventId": event, "rewardId": reward });
+    let results = all_at_once(80, |i| {
+        let instance = if i % 2 == 0 { &a } else { &b };
+        instance.call(Method::POST, "/reward-claims", Some(&pat)).json(&body)
+    })
+    .await;
+    assert_eq!(count(&results, StatusCode::CREATED, None), 3, "{results:?}");
+    assert_eq!(count(&results, StatusCode::CONFLICT, Some("DUPLICATE_CLAIM")), 77);
+    let reward_now: Value =
+        a.send(Method::GET, &format!("/rewards/{reward}"), Some(&operator()), None).await.json().await.unwrap();
+    assert_eq!(reward_now["remaining"], 97, "one unit per grant");
+}
+
+async fn a_slot_given_back_below_the_highest_is_taken_again(store: TestStore) {
+    let events = TestEvents::start(store).await;
+    let reviewed = points(json!({ "perUserLimit": 3, "requiresApproval": true }));
+    let (event, reward) = setup(&events, json!({ "type": "none" }), reviewed).await;
+    let pat = player();
+    let mut claims = Vec::new();
+    for _ in 0..3 {
+        claims.push(claim(&events, &pat, &event, &reward).await.json::<Value>().await.unwrap());
+    }
+    problem(claim(&events, &pat, &event, &reward).await, StatusCode::CONFLICT, "DUPLICATE_CLAIM").await;
+
+    // Rejecting the second claim frees slot 2, below the highest (3).
+    let reject = format!("/reward-claims/{}/reject", claims[1]["id"].as_str().unwrap());
+    let reason = json!({ "reason": "duplicate account" });
+    let rejected = events.send(Method::POST, &reject, Some(&operator()), Some(reason)).await;
+    assert_eq!(rejected.status(), StatusCode::OK);
+    assert_eq!(claim(&events, &pat, &event, &reward).await.status(), StatusCode::CREATED);
+    problem(claim(&events, &pat, &event, &reward).await, StatusCode::CONFLICT, "DUPLICATE_CLAIM").await;
+
+    let slots: Vec<i64> = rewards_kit::with_pool!(events.state.store(), |pool| {
+        sqlx::query_scalar(
+            "SELECT slot FROM reward_claims WHERE user_id = $1 AND reward_id = $2 AND slot IS NOT NULL ORDER BY slot",
+        )
+        .bind(&pat.sub)
+        .bind(&reward)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    assert_eq!(slots, [1, 2, 3], "the freed slot was taken again, and no slot past the limit");
 }

@@ -24,6 +24,7 @@ store_tests!(
     approval_rejection_and_the_built_in_ledger,
     a_flaky_webhook_still_gets_every_grant_once,
     a_dead_webhook_leaves_failed_claims_that_a_retry_delivers,
+    a_new_grant_is_paid_at_once_without_waiting_for_the_poll,
 );
 
 async fn event_with(events: &TestEvents, reward: Value) -> (String, String) {
@@ -251,5 +252,23 @@ async fn a_dead_webhook_leaves_failed_claims_that_a_retry_delivers(store: TestSt
     wait_for(&events, std::slice::from_ref(&id), "PAID").await;
     assert_eq!(sink.seen.lock().unwrap().len(), 1);
     problem(events.send(Method::POST, &retry, Some(&operator()), None).await, StatusCode::CONFLICT, "CONFLICT").await;
+    stop.cancel();
+}
+
+async fn a_new_grant_is_paid_at_once_without_waiting_for_the_poll(store: TestStore) {
+    // The outbox is looked at once a minute: only the handoff can pay in time.
+    let settings = EventsSettings { payout_poll_ms: 60_000, ..EventsSettings::default() };
+    let events = TestEvents::start_with(store, settings).await;
+    let stop = dispatch(&events);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (event, reward) =
+        event_with(&events, json!({ "name": "Gems", "type": "CURRENCY", "details": {}, "quantity": 5 })).await;
+    let claim = claim_as(&events, "pat", &event, &reward).await;
+    let id = claim["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    while status_of(&events, &id).await != "PAID" {
+        assert!(started.elapsed() < Duration::from_secs(2), "the grant was not handed over to the dispatcher");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.cancel();
 }

@@ -1,5 +1,7 @@
 //! Starting the events service for a test and calling it as the gateway would.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use rewards_events::{AppState, EventsSettings};
@@ -15,7 +17,7 @@ pub struct TestEvents {
     pub key: IdentityKey,
     pub clock: ManualClock,
     pub state: AppState,
-    pub store: TestStore,
+    pub store: Arc<TestStore>,
 }
 
 pub fn at(text: &str) -> DateTime<Utc> {
@@ -32,7 +34,17 @@ impl TestEvents {
         let state = rewards_events::open(&settings, &store.url, SharedClock::new(clock.clone())).await.unwrap();
         let key = IdentityKey::generate();
         let server = TestServer::spawn(rewards_events::router(state.clone(), key.clone())).await;
-        Self { server, key, clock, state, store }
+        Self { server, key, clock, state, store: Arc::new(store) }
+    }
+
+    /// A second instance of the service on the same store, as two behind one
+    /// gateway: its own memory of the catalog, its own grant writers.
+    pub async fn another_instance(&self) -> Self {
+        let settings = self.state.settings.clone();
+        let clock = SharedClock::new(self.clock.clone());
+        let state = rewards_events::open(&settings, &self.store.url, clock).await.unwrap();
+        let server = TestServer::spawn(rewards_events::router(state.clone(), self.key.clone())).await;
+        Self { server, key: self.key.clone(), clock: self.clock.clone(), state, store: self.store.clone() }
     }
 
     pub fn call(&self, method: Method, path: &str, who: Option<&Identity>) -> RequestBuilder {
