@@ -85,26 +85,41 @@ lua("distinct", many)
 lua("hot", [hot])
 PY
 
-run() { # script -> "claims/s non2xx p50 p99"
-  local out
+rewards_pid=${pids[0]}
+cpu_ticks() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+
+run() { # script -> "claims/s non2xx p50 p99 platform_cpu_us postgres_cpu_us" (CPU per claim)
+  local out r0 r1 p0 p1
+  r0=$(cpu_ticks "$rewards_pid"); p0=$(cpu_ticks $(pgrep -x postgres))
   out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$work/$1.lua" "http://127.0.0.1:$G")
-  python3 - "$out" "$DURATION" <<'PY'
+  r1=$(cpu_ticks "$rewards_pid"); p1=$(cpu_ticks $(pgrep -x postgres))
+  python3 - "$out" "$DURATION" "$((r1 - r0))" "$((p1 - p0))" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
-out, duration = sys.argv[1], float(sys.argv[2])
+out, duration, platform, postgres, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 requests, errors, p50, p99 = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+)", out).groups()
 ok = int(requests) - int(errors)
-print(f"{ok / duration:.0f} {errors} {p50} {p99}")
+per = lambda ticks: ticks / hz / max(ok, 1) * 1e6
+print(f"{ok / duration:.0f} {errors} {p50} {p99} {per(platform):.0f} {per(postgres):.0f}")
 PY
 }
-read -r d_rate d_err d_p50 d_p99 < <(run distinct)
-read -r h_rate h_err h_p50 h_p99 < <(run hot)
+read -r d_rate d_err d_p50 d_p99 d_cpu d_pg < <(run distinct)
+read -r h_rate h_err h_p50 h_p99 h_cpu h_pg < <(run hot)
 exact=$(psql -h 127.0.0.1 -U "$PG_USER" -d "$DB" -Atc \
   "SELECT (SELECT stock - remaining FROM rewards WHERE name = 'hot') = (SELECT COUNT(*) FROM reward_claims c JOIN rewards r ON r.id = c.reward_id WHERE r.name = 'hot' AND c.slot IS NOT NULL)")
 
 printf '\n%s, %s connections, %s s each, on %s cores (wrk, PostgreSQL and the platform share them)\n' "$(date -u +%F)" "$CONNECTIONS" "$DURATION" "$(nproc)"
-printf '%-44s %12s %10s %10s %10s\n' load 'per second' 'p50 ms' 'p99 ms' 'non-201'
+printf '%-44s %12s %10s %10s %10s %14s %14s\n' load 'per second' 'p50 ms' 'p99 ms' 'non-201' 'platform us/c' 'postgres us/c'
 printf '%-44s %12s\n' 'pgbench: one prepared insert per transaction' "$pg_tps"
-printf '%-44s %12s %10s %10s %10s\n' 'claims, distinct players x many rewards' "$d_rate" "$d_p50" "$d_p99" "$d_err"
-printf '%-44s %12s %10s %10s %10s\n' 'claims, one hot limited-stock reward' "$h_rate" "$h_p50" "$h_p99" "$h_err"
+printf '%-44s %12s %10s %10s %10s %14s %14s\n' 'claims, distinct players x many rewards' "$d_rate" "$d_p50" "$d_p99" "$d_err" "$d_cpu" "$d_pg"
+printf '%-44s %12s %10s %10s %10s %14s %14s\n' 'claims, one hot limited-stock reward' "$h_rate" "$h_p50" "$h_p99" "$h_err" "$h_cpu" "$h_pg"
+echo "(CPU per claim: the platform's process — gateway, services, payouts — and all of PostgreSQL's)"
 python3 -c "print(f'ratios to pgbench: distinct {$d_rate / $pg_tps:.2f}x, hot {$h_rate / $pg_tps:.2f}x (targets: >= 1.00x and >= 0.80x, p99 < 50 ms)')"
 echo "hot reward stock arithmetic exact (granted = stock consumed): $exact"
+# Every grant paid out: the payout pipeline kept up (or catches up shortly).
+for _ in $(seq 1 60); do
+  left=$(psql -h 127.0.0.1 -U "$PG_USER" -d "$DB" -Atc "SELECT COUNT(*) FROM reward_claims WHERE status = 'APPROVED'")
+  [ "$left" = 0 ] && break
+  sleep 0.5
+done
+paid=$(psql -h 127.0.0.1 -U "$PG_USER" -d "$DB" -Atc "SELECT COUNT(*) FROM reward_claims WHERE status = 'PAID'")
+echo "payouts: $paid claims PAID, $left still waiting (checked up to 30 s after the runs)"
