@@ -21,7 +21,7 @@ use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 use rewards_kit::Problem;
 use rewards_kit::health::Check;
-use rewards_kit::http::{REQUEST_ID, new_request_id_header, sane_request_id};
+use rewards_kit::http::{REQUEST_ID, log_served, new_request_id_header, sane_request_id};
 use rewards_kit::identity::{IDENTITY_HEADER, Vouched, payload_of, strip_identity_headers};
 use rewards_kit::problem::ProblemCode;
 use serde_json::{Value, json};
@@ -128,13 +128,7 @@ pub async fn forward(
         method = %request.method(), path = %request.uri().path());
     let mut response = route_and_relay(gateway, here, peer, request, started).instrument(span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, request_id);
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            latency_us = started.elapsed().as_micros() as u64,
-            "request served"
-        )
-    });
+    log_served(&span, response.status(), started);
     response
 }
 

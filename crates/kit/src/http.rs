@@ -102,14 +102,15 @@ pub async fn request_context(State(service): State<&'static str>, mut request: R
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, header_value);
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            latency_us = started.elapsed().as_micros() as u64,
-            "request served"
-        )
-    });
+    log_served(&span, response.status(), started);
     response
+}
+
+/// The access log's line for one request, inside its span.
+pub fn log_served(span: &tracing::Span, status: axum::http::StatusCode, started: Instant) {
+    span.in_scope(|| {
+        tracing::info!(status = status.as_u16(), latency_us = started.elapsed().as_micros() as u64, "request served")
+    });
 }
 
 /// Error responses made by the framework or by layers (405 with `Allow`, 413

@@ -149,11 +149,10 @@ impl Announced {
     pub async fn grant(mut self, grant: Grant) -> Result<Outcome, String> {
         let (reply, answer) = oneshot::channel();
         let queue = self.shard.queue.clone();
+        // Until the writer has the grant, dropping this (the request gave up,
+        // or the writer stopped) withdraws the announcement.
+        queue.send((grant, 0, reply)).await.map_err(|_| "the grant writer stopped".to_owned())?;
         self.pending = false;
-        if queue.send((grant, 0, reply)).await.is_err() {
-            self.shard.announced.fetch_sub(1, Ordering::AcqRel);
-            return Err("the grant writer stopped".to_owned());
-        }
         answer.await.map_err(|_| "the grant writer dropped the grant".to_owned())?
     }
 }
@@ -287,5 +286,68 @@ fn requeue(again: &mpsc::WeakSender<Job>, job: Job, announced: &Arc<AtomicUsize>
             });
         }
         None => answer(job.2, stopped(), announced),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        let grant = Grant {
+            claim_id: "c".into(),
+            transition_id: "t".into(),
+            user_id: "u".into(),
+            event_id: "e".into(),
+            reward_id: "r".into(),
+            actor: "u".into(),
+            at: 0,
+            status: "APPROVED",
+            reward: "{}".into(),
+            reward_version: 0,
+            event_version: 0,
+            key: None,
+        };
+        (grant, 0, oneshot::channel().0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_waits_for_the_announced_grants_and_no_longer() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let started = tokio::time::Instant::now();
+
+        // Alone: written at once.
+        let batch = gather(job(), &mut rx, &AtomicUsize::new(1)).await;
+        assert_eq!((batch.len(), started.elapsed()), (1, Duration::ZERO));
+
+        // Three announced, the third on its way: written when it arrives,
+        // before the gathering time is up.
+        tx.send(job()).await.unwrap();
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            late.send(job()).await.unwrap();
+        });
+        let started = tokio::time::Instant::now();
+        let batch = gather(job(), &mut rx, &AtomicUsize::new(3)).await;
+        assert_eq!(batch.len(), 3);
+        assert!(started.elapsed() < GATHER);
+
+        // Four announced, one never comes (refused before its grant, say): written after GATHER.
+        tx.send(job()).await.unwrap();
+        tx.send(job()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let batch = gather(job(), &mut rx, &AtomicUsize::new(4)).await;
+        assert_eq!((batch.len(), started.elapsed()), (3, GATHER));
+    }
+
+    #[tokio::test]
+    async fn an_announcement_withdraws_when_its_claim_stops_short() {
+        let shard = Shard { queue: mpsc::channel(1).0, announced: Arc::new(AtomicUsize::new(0)) };
+        let committer = Committer { shards: vec![shard.clone(); SHARDS] };
+        let announced = committer.announce("r");
+        assert_eq!(shard.announced.load(Ordering::Acquire), 1);
+        drop(announced);
+        assert_eq!(shard.announced.load(Ordering::Acquire), 0);
     }
 }
