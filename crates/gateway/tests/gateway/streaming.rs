@@ -38,6 +38,18 @@ async fn bodies_stream_through_whole_and_a_chunked_body_over_the_limit_is_413() 
     assert_eq!(big.status(), StatusCode::OK);
     assert_eq!(big.bytes().await.unwrap().len(), BIG_BODY, "a large answer arrives whole");
 
+    let streamed = gw.call(Method::GET, "/echo/stream", None).send().await.unwrap();
+    assert_eq!(streamed.headers().get("transfer-encoding").map(|v| v.to_str().unwrap()), Some("chunked"));
+    assert_eq!(streamed.bytes().await.unwrap().len(), STREAM_CHUNKS * 1000, "a chunked answer arrives whole");
+
+    // HTTP/1.0 clients and `Expect: 100-continue` uploads are answered too.
+    let old = gw.call(Method::GET, "/echo/public", None).version(reqwest::Version::HTTP_10).send().await.unwrap();
+    assert_eq!(old.status(), StatusCode::OK);
+    let expecting = gw.call(Method::POST, "/echo/upload", None).header("expect", "100-continue").body(vec![b'e'; 5000]);
+    let seen: Value = expecting.send().await.unwrap().json().await.unwrap();
+    assert_eq!(seen["bodyLength"], 5000);
+    assert!(seen["headers"].get("expect").is_none_or(|v| v == "100-continue"));
+
     let head = gw.call(Method::HEAD, "/echo/public", None).send().await.unwrap();
     assert_eq!(head.status(), StatusCode::OK);
     assert!(head.bytes().await.unwrap().is_empty());
@@ -54,9 +66,12 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     for _ in 0..30 {
         let seen: Value = gw.call(Method::GET, "/echo/public", None).send().await.unwrap().json().await.unwrap();
         peers.insert(seen["peer"].as_str().unwrap().to_owned());
-        // A whole answer in between returns its connection to the pool too.
+        // A whole answer in between returns its connection to the pool too,
+        // with a length or chunked.
         let big = gw.call(Method::GET, "/echo/big", None).send().await.unwrap();
         assert_eq!(big.bytes().await.unwrap().len(), BIG_BODY);
+        let streamed = gw.call(Method::GET, "/echo/stream", None).send().await.unwrap();
+        assert_eq!(streamed.bytes().await.unwrap().len(), STREAM_CHUNKS * 1000);
     }
     // One client connection lands on one serving thread: one upstream
     // connection carries everything (two would mean a body left one behind).

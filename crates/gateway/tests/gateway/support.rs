@@ -23,6 +23,8 @@ pub const ADMIN_PASSWORD: &str = "gateway-admin-pw";
 
 /// The size of the echo backend's `/big` answer.
 pub const BIG_BODY: usize = 3 * 1024 * 1024;
+/// The echo backend's `/stream` answer: this many chunks of 1,000 bytes.
+pub const STREAM_CHUNKS: usize = 300;
 
 /// A backend that answers with what it received and counts its requests.
 pub struct Echo {
@@ -57,6 +59,14 @@ impl Echo {
                 }),
             )
             .route("/big", get(|| async { vec![b'x'; BIG_BODY] }))
+            .route(
+                "/stream",
+                get(|| async {
+                    // No length: sent chunked, as it is made.
+                    let chunks = (0..STREAM_CHUNKS).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&[b'z'; 1000])));
+                    axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+                }),
+            )
             .route("/close", get(|| async { ([(http::header::CONNECTION, "close")], "closing") }))
             .fallback(any(move |request: Request| {
                 let counter = counter.clone();
@@ -106,6 +116,7 @@ pub fn echo_spec(instances: Vec<String>) -> ServiceSpec {
             { "method": "GET", "path": "/slow", "roles": ["USER"], "timeoutMs": 200 },
             { "method": "GET", "path": "/wait", "public": true },
             { "method": "GET", "path": "/big", "public": true },
+            { "method": "GET", "path": "/stream", "public": true },
             { "method": "GET", "path": "/close", "public": true },
         ]
     }))
