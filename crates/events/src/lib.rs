@@ -65,7 +65,7 @@ pub struct Events {
     /// Hands payouts that just became due to the dispatcher.
     pub handoff: payout::Handoff,
     /// The other end, until the dispatcher takes it.
-    handed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<payout::Due>>>,
+    handed: std::sync::Mutex<Option<payout::Handed>>,
     pub clock: SharedClock,
     pub settings: EventsSettings,
 }

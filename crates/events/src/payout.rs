@@ -14,7 +14,7 @@
 //! crash. Should both deliver a claim, the sink sees the same
 //! `Idempotency-Key` twice and the claim moves to `PAID` once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -90,32 +90,43 @@ const HANDOFF_QUEUE: usize = 65_536;
 
 /// Hands newly due payouts to the dispatcher, after their transaction committed.
 #[derive(Debug, Clone)]
-pub struct Handoff(mpsc::Sender<Due>);
+pub struct Handoff(mpsc::Sender<(Instant, Due)>);
+
+/// The dispatcher's end of the [`Handoff`].
+pub type Handed = mpsc::Receiver<(Instant, Due)>;
 
 impl Handoff {
-    pub fn channel() -> (Self, mpsc::Receiver<Due>) {
+    pub fn channel() -> (Self, Handed) {
         let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
         (Self(tx), rx)
     }
 
     /// Never waits: with the queue full (or no dispatcher), the poll finds it.
     pub fn hand(&self, due: Due) {
-        let _ = self.0.try_send(due);
+        let _ = self.0.try_send((Instant::now(), due));
     }
 }
 
 pub struct Dispatcher {
     state: AppState,
     client: reqwest::Client,
-    handed: Option<mpsc::Receiver<Due>>,
+    handed: Option<Handed>,
 }
 
-/// The next payout handed over, or never when there is no handoff.
-async fn next_handed(handed: &mut Option<mpsc::Receiver<Due>>) -> Option<Due> {
-    match handed {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+/// What was handed over and is still the handoff's to deliver (up to
+/// [`BATCH`]), waiting for the first; never, when there is no handoff. A
+/// payout that waited in memory past [`HANDOFF_GRACE`] is the poll's now.
+async fn next_handed(handed: &mut Option<Handed>) -> Vec<Due> {
+    let Some(rx) = handed else { return std::future::pending().await };
+    let Some(first) = rx.recv().await else { return std::future::pending().await };
+    let mut due = vec![first];
+    while due.len() < BATCH {
+        match rx.try_recv() {
+            Ok(next) => due.push(next),
+            Err(_) => break,
+        }
     }
+    due.into_iter().filter(|(at, _)| at.elapsed() < HANDOFF_GRACE).map(|(_, d)| d).collect()
 }
 
 fn now_us() -> i64 {
@@ -138,31 +149,18 @@ impl Dispatcher {
             Some(url) => tracing::info!(%url, "paying out through the inventory webhook"),
             None => tracing::info!("paying out into the built-in ledger"),
         }
+        let mut handed = self.handed.take();
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut handed = self.handed.take();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                Some(first) = next_handed(&mut handed) => {
-                    let mut due = vec![first];
-                    if let Some(rx) = handed.as_mut() {
-                        while due.len() < BATCH {
-                            match rx.try_recv() {
-                                Ok(d) => due.push(d),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    self.handed = handed;
+                due = next_handed(&mut handed) => {
                     if let Err(err) = self.deliver(due).await {
                         tracing::warn!(error = %err, "payout: could not update the outbox");
                     }
                 }
-                _ = tick.tick() => {
-                    self.handed = handed;
-                    self.poll_until_done().await;
-                }
+                _ = tick.tick() => self.poll_until_done().await,
             }
         }
     }
