@@ -6,8 +6,9 @@
 //!
 //! This is the gateway's hot path: what can be worked out once is (the
 //! verified token and its proof payload per thread, the client's address per
-//! connection, each instance's `Host`, metrics handles per route), so a
-//! request costs a cache lookup, one MAC and the two HTTP exchanges.
+//! connection, each instance's `Host`, the registry snapshot and a metrics
+//! table per thread), so a request costs a cache lookup, one MAC and the two
+//! HTTP exchanges.
 
 use std::cell::{OnceCell, RefCell};
 use std::net::SocketAddr;

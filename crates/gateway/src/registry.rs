@@ -113,7 +113,7 @@ impl Instance {
 /// A route rule ready for matching, with its metrics label.
 #[derive(Debug)]
 pub struct Route {
-    /// Unique in the process: names the route's metrics handles.
+    /// Unique in the process: names the route's metrics series.
     pub id: u64,
     pub rule: RouteRule,
     rank: u64,
