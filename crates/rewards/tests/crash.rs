@@ -16,7 +16,27 @@ const SECRET: &str = "crash-test-secret-crash-test-secret!";
 
 store_tests!(killed_mid_storm_loses_no_acknowledged_claim);
 
-fn events_process(url: &str, port: u16, log: &std::path::Path) -> Child {
+/// The events service's process, killed when dropped (a failing test must not leave it running).
+struct EventsProcess(Child);
+
+impl EventsProcess {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for EventsProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn events_process(url: &str, port: u16, log: &std::path::Path) -> EventsProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rewards"));
     command.arg("events");
     for (key, _) in std::env::vars() {
@@ -34,6 +54,7 @@ fn events_process(url: &str, port: u16, log: &std::path::Path) -> Child {
         .stdout(std::fs::File::create(log).unwrap())
         .stderr(Stdio::null())
         .spawn()
+        .map(EventsProcess)
         .unwrap()
 }
 
