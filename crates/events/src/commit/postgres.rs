@@ -4,14 +4,17 @@
 //! The statement takes the batch as a JSON array in arrival order and, in
 //! its parts:
 //! - `locked`: the batch's rewards, locked (`FOR UPDATE`, in id order), with
-//!   their versions and their events' versions;
+//!   their versions and their events' versions (events share-locked, so a
+//!   change to one waits for the batch, or the batch for it);
 //! - `held`: each player's highest live slot of each reward (one index probe);
 //! - `checked` → `ranked` → `slotted` → `decided`: the rule in order of
 //!   arrival, in a few sorted passes over the batch — stale versions refused;
 //!   the n-th grant of a player and reward takes the n-th slot above the
-//!   highest, or past the limit the first free one below it (none left:
-//!   `DUPLICATE_CLAIM`); the n-th slotted grant of a reward takes the n-th
-//!   unit of its remaining stock (none left: `OUT_OF_STOCK`);
+//!   highest, then free ones below it while the player holds fewer than the
+//!   limit (none left: `DUPLICATE_CLAIM`); the n-th slotted grant of a reward
+//!   takes the n-th unit of its remaining stock (none left: `OUT_OF_STOCK` —
+//!   for the player's later grants in the batch too, which never lacked a
+//!   slot);
 //! - `inserted`: the accepted claims (a slot taken meanwhile by another
 //!   writer is skipped by the unique index, and that grant goes round again);
 //! - `taken`, `transitions`, `payouts`, `answers`: the stock decrement per
@@ -37,7 +40,7 @@ locked AS (
     SELECT r.id, r.event_id, r.stock, r.remaining, r.per_user_limit,
            r.version AS reward_version, e.version AS event_version
     FROM rewards r JOIN events e ON e.id = r.event_id
-    WHERE r.id = ANY($2) ORDER BY r.id FOR UPDATE OF r
+    WHERE r.id = ANY($2) ORDER BY r.id FOR UPDATE OF r FOR SHARE OF e
 ),
 held AS (
     SELECT p.user_id, p.reward_id,
@@ -61,6 +64,10 @@ slotted AS (
     SELECT r.*,
            CASE WHEN r.stale THEN NULL
                 WHEN r.nth < r.room THEN r.highest + r.nth + 1
+                -- Past the room above the highest slot: a free one below it,
+                -- while the player holds fewer than the limit.
+                WHEN (SELECT count(*) FROM reward_claims c WHERE c.user_id = r.user_id
+                      AND c.reward_id = r.reward_id AND c.slot IS NOT NULL) + r.nth >= r.per_user_limit THEN NULL
                 ELSE (SELECT n FROM generate_series(1, least(r.highest, r.per_user_limit)) n
                       WHERE NOT EXISTS (SELECT 1 FROM reward_claims c WHERE c.user_id = r.user_id
                                         AND c.reward_id = r.reward_id AND c.slot = n)
@@ -73,6 +80,15 @@ decided AS (
     FROM (SELECT s.*, row_number() OVER (PARTITION BY s.reward_id, s.slot IS NOT NULL ORDER BY s.i) - 1 AS nth_unit
           FROM slotted s) s
 ),
+answered AS (
+    -- A slot was counted for each earlier grant of the same player and
+    -- reward; if one of those found no stock, this one was never short of
+    -- a slot, only of stock.
+    SELECT d.*, coalesce(bool_or(d.slot IS NOT NULL AND NOT d.accepted) OVER (
+               PARTITION BY d.user_id, d.reward_id ORDER BY d.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+               false) AS short_before
+    FROM decided d
+),
 inserted AS (
     INSERT INTO reward_claims (id, user_id, event_id, reward_id, slot, status, reason, reward,
                                created_at, processed_at, updated_at)
@@ -84,7 +100,6 @@ taken AS (
     UPDATE rewards SET remaining = remaining - t.n
     FROM (SELECT reward_id, count(*) AS n FROM inserted GROUP BY reward_id) t
     WHERE rewards.id = t.reward_id AND rewards.stock IS NOT NULL
-    RETURNING rewards.id
 ),
 transitions AS (
     INSERT INTO claim_transitions (id, claim_id, from_status, to_status, actor_id, reason, at)
@@ -100,14 +115,14 @@ answers AS (
     FROM decided d
     WHERE d.key IS NOT NULL AND d.id IN (SELECT id FROM inserted) AND k.user_id = d.user_id AND k.key = d.key
 )
-SELECT d.i,
-       CASE WHEN d.id IN (SELECT id FROM inserted) THEN 'GRANTED'
-            WHEN d.stale THEN 'STALE'
-            WHEN d.slot IS NULL THEN 'DUPLICATE'
-            WHEN NOT d.accepted THEN 'OUT_OF_STOCK'
-            ELSE 'AGAIN' END AS outcome,
-       d.per_user_limit
-FROM decided d ORDER BY d.i
+SELECT a.i,
+       CASE WHEN a.id IN (SELECT id FROM inserted) THEN 'GRANTED'
+            WHEN a.stale THEN 'STALE'
+            WHEN a.accepted THEN 'AGAIN'
+            WHEN a.slot IS NULL AND NOT a.short_before THEN 'DUPLICATE'
+            ELSE 'OUT_OF_STOCK' END AS outcome,
+       a.per_user_limit
+FROM answered a ORDER BY a.i
 "#;
 
 #[derive(Serialize)]
@@ -153,8 +168,8 @@ pub async fn write(pool: &PgPool, grants: &[&Grant], grace: i64) -> Result<Vec<D
     let rewards = Ids::of(grants.iter().map(|g| g.reward_id.as_str()));
     let answers: Vec<(i32, String, Option<i64>)> =
         sqlx::query_as(BATCH).bind(crate::batch::json(&rows)).bind(rewards).bind(grace).fetch_all(pool).await?;
-    if answers.len() != grants.len() {
-        return Err(sqlx::Error::Protocol(format!("{} grants, {} answers", grants.len(), answers.len())));
+    if answers.iter().enumerate().any(|(k, (i, _, _))| *i as usize != k) || answers.len() != grants.len() {
+        return Err(sqlx::Error::Protocol(format!("{} grants, answers out of step", grants.len())));
     }
     answers
         .into_iter()

@@ -19,6 +19,8 @@ store_tests!(
     a_change_through_another_instance_holds_for_the_next_claim,
     two_instances_racing_for_one_player_grant_exactly_its_limit,
     a_slot_given_back_below_the_highest_is_taken_again,
+    a_player_turned_away_for_stock_is_told_so_every_time,
+    a_lowered_limit_holds_against_slots_freed_below_the_highest,
 );
 
 async fn setup(events: &TestEvents, condition: Value, reward: Value) -> (String, String) {
@@ -346,4 +348,33 @@ async fn a_slot_given_back_below_the_highest_is_taken_again(store: TestStore) {
         .unwrap()
     });
     assert_eq!(slots, [1, 2, 3], "the freed slot was taken again, and no slot past the limit");
+}
+
+async fn a_player_turned_away_for_stock_is_told_so_every_time(store: TestStore) {
+    let events = TestEvents::start(store).await;
+    let (event, reward) = setup(&events, json!({ "type": "none" }), points(json!({ "stock": 1 }))).await;
+    assert_eq!(claim(&events, &who("sam", &[Role::User]), &event, &reward).await.status(), StatusCode::CREATED);
+    // Ten at once from one player, most likely in one batch: none holds a
+    // claim, so none is a duplicate.
+    let pat = player();
+    let body = json!({ "eventId": event, "rewardId": reward });
+    let results = all_at_once(10, |_| events.call(Method::POST, "/reward-claims", Some(&pat)).json(&body)).await;
+    assert_eq!(count(&results, StatusCode::CONFLICT, Some("OUT_OF_STOCK")), 10, "{results:?}");
+}
+
+async fn a_lowered_limit_holds_against_slots_freed_below_the_highest(store: TestStore) {
+    let events = TestEvents::start(store).await;
+    let reviewed = points(json!({ "perUserLimit": 2, "requiresApproval": true }));
+    let (event, reward) = setup(&events, json!({ "type": "none" }), reviewed).await;
+    let pat = player();
+    let first: Value = claim(&events, &pat, &event, &reward).await.json().await.unwrap();
+    assert_eq!(claim(&events, &pat, &event, &reward).await.status(), StatusCode::CREATED);
+    // Slot 1 is given back; pat holds slot 2 alone; then the limit drops to 1.
+    let reject = format!("/reward-claims/{}/reject", first["id"].as_str().unwrap());
+    let reason = json!({ "reason": "second account" });
+    assert_eq!(events.send(Method::POST, &reject, Some(&operator()), Some(reason)).await.status(), StatusCode::OK);
+    let path = format!("/rewards/{reward}");
+    let lowered = events.send(Method::PATCH, &path, Some(&operator()), Some(json!({ "perUserLimit": 1 }))).await;
+    assert_eq!(lowered.status(), StatusCode::OK);
+    problem(claim(&events, &pat, &event, &reward).await, StatusCode::CONFLICT, "DUPLICATE_CLAIM").await;
 }
