@@ -8,7 +8,7 @@
 //! prepares them: ids are matched with `= ANY(array)` (an index probe per
 //! id) on PostgreSQL, and per-row lookups go through `LATERAL`.
 
-use rewards_kit::store::{Store, StoreKind};
+use rewards_kit::store::StoreKind;
 use serde::Serialize;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -52,10 +52,10 @@ impl<'q> Encode<'q, Sqlite> for Ids {
 }
 
 /// `= ANY($n)` or `IN (...)`: a column is one of the [`Ids`] in parameter `$n`.
-pub fn in_list(store: &Store, n: usize) -> String {
-    match store {
-        Store::Postgres(_) => format!("= ANY(${n})"),
-        Store::Sqlite(_) => format!("IN (SELECT value FROM json_each(${n}))"),
+pub fn in_list(kind: StoreKind, n: usize) -> String {
+    match kind {
+        StoreKind::Postgres => format!("= ANY(${n})"),
+        StoreKind::Sqlite => format!("IN (SELECT value FROM json_each(${n}))"),
     }
 }
 

@@ -27,32 +27,12 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::batch::{self, TransitionRow};
 use crate::commit::{Announced, Grant, Outcome};
 use crate::condition::Condition;
 use crate::evaluator::Ledger;
-use crate::payout::{Due, HANDOFF_GRACE};
 use crate::store::RewardRow;
 use crate::targets::Target;
-
-/// Records a claim's move from one status to another, inside the transaction `$tx`.
-macro_rules! record_transition {
-    ($tx:ident, $claim:expr, $from:expr, $to:expr, $actor:expr, $reason:expr, $at:expr) => {
-        sqlx::query(
-            "INSERT INTO claim_transitions (id, claim_id, from_status, to_status, actor_id, reason, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind($crate::new_id())
-        .bind($claim)
-        .bind($from)
-        .bind($to)
-        .bind($actor)
-        .bind($reason)
-        .bind($at)
-        .execute(&mut *$tx)
-        .await?
-    };
-}
-pub(crate) use record_transition;
 
 pub const STATUSES: [&str; 6] = ["PENDING", "APPROVED", "REJECTED", "PAID", "FAILED", "CANCELLED"];
 /// How long an idempotency key's answer is kept.
@@ -138,7 +118,7 @@ impl Answer {
     }
 }
 
-pub(crate) fn reward_snapshot(reward: &RewardRow) -> Value {
+fn reward_snapshot(reward: &RewardRow) -> Value {
     json!({
         "name": reward.name,
         "type": reward.kind,
@@ -587,6 +567,7 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
         "UPDATE rewards SET remaining = remaining + 1 WHERE id = $1 AND stock IS NOT NULL AND remaining < stock";
     let payout = "INSERT INTO payouts (claim_id, attempts, next_attempt_at) VALUES ($1, 0, $2) \
                   ON CONFLICT (claim_id) DO UPDATE SET attempts = 0, next_attempt_at = $2, delivered_at = NULL";
+    let insert_transitions = batch::insert_transitions(state.store().kind());
     let outcome: Result<Option<ClaimRow>, sqlx::Error> = async {
         Ok(with_write_tx!(state.store(), |tx| {
             let moved = sqlx::query(moved_sql)
@@ -606,10 +587,19 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
                 }
                 if to == "APPROVED" {
                     // Handed to the dispatcher below; the poll waits its grace.
-                    let due_at = now + HANDOFF_GRACE.as_micros() as i64;
+                    let due_at = crate::payout::first_poll_at(now);
                     sqlx::query(payout).bind(id).bind(due_at).execute(&mut *tx).await?;
                 }
-                record_transition!(tx, id, Some(from), to, &actor.sub, reason.as_deref(), now);
+                let moved = TransitionRow {
+                    id: crate::new_id(),
+                    claim_id: id,
+                    from_status: Some(from),
+                    to_status: to,
+                    actor_id: &actor.sub,
+                    reason: reason.as_deref(),
+                    at: now,
+                };
+                sqlx::query(insert_transitions).bind(batch::json(&[moved])).execute(&mut *tx).await?;
             }
             row.filter(|_| moved == 1)
         }))
@@ -619,12 +609,7 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
         Some(row) => {
             tracing::info!(claim_id = %id, from, to, by = %actor.sub, "claim moved");
             if to == "APPROVED" {
-                state.handoff.hand(Due {
-                    claim_id: row.id.clone(),
-                    user_id: row.user_id.clone(),
-                    reward: row.reward.clone(),
-                    attempts: 0,
-                });
+                state.handoff.hand(row.id.clone(), row.user_id.clone(), row.reward.clone());
             }
             Ok(ClaimView::from_row(&row))
         }

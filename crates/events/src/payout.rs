@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::StreamExt;
 use rewards_kit::server::Shutdown;
-use rewards_kit::store::Store;
+use rewards_kit::store::{Store, StoreKind};
 use rewards_kit::{with_pool, with_write_tx};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -57,14 +57,14 @@ impl<'a> LedgerRow<'a> {
 }
 
 /// Inserts the [`LedgerRow`]s in the JSON array `$1`, created at `$2`.
-fn insert_ledger(store: &Store) -> &'static str {
-    match store {
-        Store::Postgres(_) => {
+fn insert_ledger(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::Postgres => {
             "INSERT INTO ledger_entries (claim_id, user_id, type, details, quantity, created_at) \
              SELECT claim_id, user_id, type, details, quantity, $2 FROM json_to_recordset($1::text::json) \
              AS l(claim_id text, user_id text, type text, details text, quantity bigint) ON CONFLICT DO NOTHING"
         }
-        Store::Sqlite(_) => {
+        StoreKind::Sqlite => {
             "INSERT INTO ledger_entries (claim_id, user_id, type, details, quantity, created_at) \
              SELECT value->>'claim_id', value->>'user_id', value->>'type', value->>'details', value->>'quantity', $2 \
              FROM json_each($1) WHERE true ON CONFLICT DO NOTHING"
@@ -75,16 +75,26 @@ fn insert_ledger(store: &Store) -> &'static str {
 /// A claim to deliver.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Due {
-    pub claim_id: String,
-    pub user_id: String,
+    claim_id: String,
+    user_id: String,
     /// The reward as claimed (JSON).
-    pub reward: String,
-    pub attempts: i64,
+    reward: String,
+    attempts: i64,
 }
 
 /// How long a new payout row waits before the poll may take it: the
 /// in-memory handoff delivers it well before.
-pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
+const HANDOFF_GRACE: Duration = Duration::from_secs(2);
+
+/// When the poll may first take a payout handed over at `now` (micros).
+pub fn first_poll_at(now: i64) -> i64 {
+    now + grace_micros()
+}
+
+/// [`HANDOFF_GRACE`] in microseconds, as the outbox counts time.
+pub fn grace_micros() -> i64 {
+    HANDOFF_GRACE.as_micros() as i64
+}
 /// Payouts waiting in memory; past that they wait for the poll.
 const HANDOFF_QUEUE: usize = 65_536;
 
@@ -101,8 +111,10 @@ impl Handoff {
         (Self(tx), rx)
     }
 
-    /// Never waits: with the queue full (or no dispatcher), the poll finds it.
-    pub fn hand(&self, due: Due) {
+    /// A claim that has just become due, first attempt. Never waits: with
+    /// the queue full (or no dispatcher), the poll finds it.
+    pub fn hand(&self, claim_id: String, user_id: String, reward: String) {
+        let due = Due { claim_id, user_id, reward, attempts: 0 };
         let _ = self.0.try_send((Instant::now(), due));
     }
 }
@@ -115,7 +127,9 @@ pub struct Dispatcher {
 
 /// What was handed over and is still the handoff's to deliver (up to
 /// [`BATCH`]), waiting for the first; never, when there is no handoff. A
-/// payout that waited in memory past [`HANDOFF_GRACE`] is the poll's now.
+/// payout that waited in memory for half the grace is left to the poll, well
+/// before the poll may take it (its row counts the grace from the claim's
+/// start, a little before it was handed over).
 async fn next_handed(handed: &mut Option<Handed>) -> Vec<Due> {
     let Some(rx) = handed else { return std::future::pending().await };
     let Some(first) = rx.recv().await else { return std::future::pending().await };
@@ -126,7 +140,7 @@ async fn next_handed(handed: &mut Option<Handed>) -> Vec<Due> {
             Err(_) => break,
         }
     }
-    due.into_iter().filter(|(at, _)| at.elapsed() < HANDOFF_GRACE).map(|(_, d)| d).collect()
+    due.into_iter().filter(|(at, _)| at.elapsed() < HANDOFF_GRACE / 2).map(|(_, d)| d).collect()
 }
 
 fn now_us() -> i64 {
@@ -264,13 +278,13 @@ impl Dispatcher {
         let claims = format!(
             "UPDATE reward_claims SET status = 'PAID', processed_at = $1, updated_at = $1 \
              WHERE id {} AND status = 'APPROVED' RETURNING id",
-            batch::in_list(store, 2)
+            batch::in_list(store.kind(), 2)
         );
         // Delivered: out of the outbox (the PAID transition records when).
-        let payouts = format!("DELETE FROM payouts WHERE claim_id {}", batch::in_list(store, 1));
+        let payouts = format!("DELETE FROM payouts WHERE claim_id {}", batch::in_list(store.kind(), 1));
         with_write_tx!(store, |tx| {
             if builtin {
-                sqlx::query(insert_ledger(store)).bind(batch::json(&entries)).bind(at).execute(&mut *tx).await?;
+                sqlx::query(insert_ledger(store.kind())).bind(batch::json(&entries)).bind(at).execute(&mut *tx).await?;
             }
             let moved: Vec<String> = sqlx::query_scalar(&claims).bind(at).bind(&ids).fetch_all(&mut *tx).await?;
             sqlx::query(&payouts).bind(&ids).execute(&mut *tx).await?;
@@ -316,15 +330,17 @@ impl Dispatcher {
                     .rows_affected();
                 sqlx::query(payout).bind(&due.claim_id).execute(&mut *tx).await?;
                 if moved == 1 {
-                    crate::claims::record_transition!(
-                        tx,
-                        &due.claim_id,
-                        Some("APPROVED"),
-                        "FAILED",
-                        "payout",
-                        Some(&reason),
-                        at
-                    );
+                    let failed = TransitionRow {
+                        id: crate::new_id(),
+                        claim_id: &due.claim_id,
+                        from_status: Some("APPROVED"),
+                        to_status: "FAILED",
+                        actor_id: "payout",
+                        reason: Some(&reason),
+                        at,
+                    };
+                    let insert = batch::insert_transitions(self.state.store().kind());
+                    sqlx::query(insert).bind(batch::json(&[failed])).execute(&mut *tx).await?;
                 }
             });
             tracing::warn!(claim_id = %due.claim_id, attempts, error = why, "payout failed; the claim is FAILED");

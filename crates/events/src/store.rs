@@ -86,7 +86,7 @@ impl From<StoreError> for Problem {
 
 const EVENT_COLUMNS: &str =
     "id, name, description, condition, start_at, end_at, time_zone, status, created_by, created_at, updated_at";
-pub(crate) const REWARD_COLUMNS: &str = "id, event_id, name, type, details, quantity, stock, remaining, per_user_limit, \
+const REWARD_COLUMNS: &str = "id, event_id, name, type, details, quantity, stock, remaining, per_user_limit, \
                               requires_approval, created_by, created_at, updated_at";
 const INSERT_AUDIT: &str = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -133,6 +133,7 @@ impl CatalogStore {
         let target = match self.targets.get(reward_id) {
             Some(target) => target,
             None => {
+                let read_in = self.targets.generation();
                 // The versions first: a change landing between these reads
                 // pairs new rows with old versions, which a grant refuses
                 // (and the claim reads again) — never the other way round.
@@ -146,7 +147,7 @@ impl CatalogStore {
                 let target = Target::new(event, reward, versions).map(Arc::new).ok_or_else(|| {
                     Problem::internal_from(format_args!("reward {reward_id}: its event's condition does not parse"))
                 })?;
-                self.targets.put(target.clone());
+                self.targets.put(target.clone(), read_in);
                 target
             }
         };

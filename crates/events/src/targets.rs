@@ -12,6 +12,7 @@
 //! met) can rest on a view up to `claim_cache_ms` old.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,11 +61,19 @@ const MAX_TARGETS: usize = 100_000;
 pub struct Targets {
     fresh_for: Duration,
     by_reward: RwLock<HashMap<String, (Instant, Arc<Target>)>>,
+    /// Bumped by every change forgotten: a target read before a change must
+    /// not be remembered after it.
+    generation: AtomicU64,
 }
 
 impl Targets {
     pub fn new(fresh_for: Duration) -> Self {
-        Self { fresh_for, by_reward: RwLock::new(HashMap::new()) }
+        Self { fresh_for, by_reward: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
+    }
+
+    /// Taken before reading a target from the store; see [`Targets::put`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn get(&self, reward_id: &str) -> Option<Arc<Target>> {
@@ -73,11 +82,16 @@ impl Targets {
         (at.elapsed() < self.fresh_for).then(|| target.clone())
     }
 
-    pub fn put(&self, target: Arc<Target>) {
+    /// Remembers `target`, read from the store after [`Targets::generation`]
+    /// said `read_in` — unless something was forgotten since.
+    pub fn put(&self, target: Arc<Target>, read_in: u64) {
         if self.fresh_for.is_zero() {
             return;
         }
         let mut entries = self.by_reward.write().expect("targets");
+        if self.generation() != read_in {
+            return;
+        }
         if entries.len() >= MAX_TARGETS {
             entries.clear();
         }
@@ -85,10 +99,64 @@ impl Targets {
     }
 
     pub fn forget_reward(&self, reward_id: &str) {
-        self.by_reward.write().expect("targets").remove(reward_id);
+        let mut entries = self.by_reward.write().expect("targets");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.remove(reward_id);
     }
 
     pub fn forget_event(&self, event_id: &str) {
-        self.by_reward.write().expect("targets").retain(|_, (_, t)| t.event.id != event_id);
+        let mut entries = self.by_reward.write().expect("targets");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.retain(|_, (_, t)| t.event.id != event_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Arc<Target> {
+        let event = EventRow {
+            id: "e".into(),
+            name: "Launch".into(),
+            description: String::new(),
+            condition: r#"{"type":"none"}"#.into(),
+            start_at: 0,
+            end_at: 10,
+            time_zone: "UTC".into(),
+            status: "ACTIVE".into(),
+            created_by: "op".into(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let reward = RewardRow {
+            id: "r".into(),
+            event_id: "e".into(),
+            name: "Gold".into(),
+            kind: "CURRENCY".into(),
+            details: "{}".into(),
+            quantity: 1,
+            stock: None,
+            remaining: None,
+            per_user_limit: 1,
+            requires_approval: false,
+            created_by: "op".into(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        Arc::new(Target::new(event, reward, (0, 0)).expect("a valid condition"))
+    }
+
+    #[test]
+    fn a_target_read_before_a_change_is_not_remembered_after_it() {
+        let targets = Targets::new(Duration::from_secs(60));
+        let read_in = targets.generation();
+        targets.forget_event("e");
+        targets.put(target(), read_in);
+        assert!(targets.get("r").is_none(), "read before the change: not remembered");
+        targets.put(target(), targets.generation());
+        assert!(targets.get("r").is_some());
+        targets.forget_reward("r");
+        assert!(targets.get("r").is_none());
     }
 }

@@ -5,7 +5,7 @@
 //! change builds a new snapshot, keeping the health state of instances that
 //! stay.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,11 +142,19 @@ impl Service {
     /// The next healthy instance, round-robin; `skip` excludes one (a retry).
     pub fn pick(&self, skip: Option<&Instance>) -> Option<&Arc<Instance>> {
         thread_local! {
-            // Each thread turns its own wheel: no counter shared between cores.
-            static NEXT: Cell<usize> = const { Cell::new(0) };
+            // Each thread turns its own wheel per service: no counter shared
+            // between cores, and one service's turns do not skip another's.
+            static NEXT: RefCell<HashMap<u64, usize>> = RefCell::new(HashMap::new());
         }
         let n = self.instances.len();
-        let start = NEXT.replace(NEXT.get().wrapping_add(1));
+        let start = NEXT.with_borrow_mut(|next| {
+            if next.len() > 10_000 {
+                next.clear(); // services replaced by registry changes
+            }
+            let turn = next.entry(self.id).or_insert(0);
+            *turn = turn.wrapping_add(1);
+            *turn
+        });
         (0..n)
             .map(|i| &self.instances[start.wrapping_add(i) % n])
             .find(|inst| inst.is_healthy() && skip.is_none_or(|s| !std::ptr::eq(s, &***inst)))
@@ -347,6 +355,24 @@ mod tests {
             inst.set_healthy(false, Utc::now());
         }
         assert!(service.pick(None).is_none());
+    }
+
+    #[test]
+    fn each_service_has_its_own_turn() {
+        let registry = Registry::build(
+            vec![spec("a", "/a", &["http://a1:1", "http://a2:1"]), spec("b", "/b", &["http://b1:1", "http://b2:1"])],
+            None,
+        )
+        .unwrap();
+        let (a, b) = (registry.service("a").unwrap(), registry.service("b").unwrap());
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(a.pick(None).unwrap().url.to_string());
+            seen.push(b.pick(None).unwrap().url.to_string());
+        }
+        for url in ["http://a1:1", "http://a2:1", "http://b1:1", "http://b2:1"] {
+            assert_eq!(seen.iter().filter(|s| *s == url).count(), 2, "{seen:?}");
+        }
     }
 
     #[test]

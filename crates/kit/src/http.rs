@@ -77,17 +77,22 @@ pub fn sane_request_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(text)
 }
 
-/// [`new_request_id`] as a header value, without the detour through a `String`.
-pub fn new_request_id_header() -> HeaderValue {
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
-    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes()).expect("a UUID is plain ASCII")
-}
-
 /// A fresh request id: a UUIDv7 (time-ordered, random below the millisecond;
 /// no shared counter, so threads minting ids never wait for each other).
+fn fresh_request_id() -> uuid::Uuid {
+    uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext))
+}
+
+/// A fresh request id as a header value, without the detour through a `String`.
+pub fn new_request_id_header() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(fresh_request_id().hyphenated().encode_lower(&mut text).as_bytes())
+        .expect("a UUID is plain ASCII")
+}
+
+/// A fresh request id.
 pub fn new_request_id() -> String {
-    uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext)).to_string()
+    fresh_request_id().to_string()
 }
 
 /// Request id, tracing span and access log in one place.

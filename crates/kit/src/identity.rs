@@ -216,12 +216,8 @@ impl IdentityKey {
         self.sign_payload_at(method, path_and_query, &payload_of(&vouched.into()), at)
     }
 
-    /// [`IdentityKey::sign`] with the payload made beforehand by
+    /// [`IdentityKey::sign_at`] with the payload made beforehand by
     /// [`payload_of`], which the gateway keeps per caller and address.
-    pub fn sign_payload(&self, method: &Method, path_and_query: &str, payload: &str) -> HeaderValue {
-        self.sign_payload_at(method, path_and_query, payload, SystemTime::now())
-    }
-
     pub fn sign_payload_at(&self, method: &Method, path_and_query: &str, payload: &str, at: SystemTime) -> HeaderValue {
         let ts = unix_millis(at).to_string();
         let tag = B64.encode(self.mac(method, path_and_query, &ts, payload).finalize().into_bytes());
@@ -376,7 +372,7 @@ mod tests {
     #[test]
     fn a_proof_signed_over_a_prepared_payload_is_the_same_proof() {
         let vouched = Vouched { caller: Some(alice()), client_ip: Some("198.51.100.7".parse().unwrap()) };
-        let proof = key().sign_payload(&Method::PUT, "/rewards/r1", &payload_of(&vouched));
+        let proof = key().sign_payload_at(&Method::PUT, "/rewards/r1", &payload_of(&vouched), SystemTime::now());
         assert_eq!(key().verify(&Method::PUT, "/rewards/r1", proof.as_bytes()), Ok(vouched));
         assert_eq!(key().verify(&Method::GET, "/rewards/r1", proof.as_bytes()), Err(ProofError::BadSignature));
     }

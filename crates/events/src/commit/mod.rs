@@ -10,11 +10,13 @@
 //! flight — a claim announces itself when it starts, and the writer waits
 //! for the announced ones to arrive, up to [`GATHER`], never for a batch size
 //! that load may not reach — and decides them all in one transaction, in
-//! order of arrival, against the rows it locks:
+//! order of arrival, against the rows it locks (the rewards; their events
+//! share-locked):
 //!
 //! 1. the reward and its event are still the versions the claim was checked
 //!    against (else [`Outcome::Stale`]: the claim is checked again);
-//! 2. a free slot below `perUserLimit` (else `DUPLICATE_CLAIM`);
+//! 2. a free slot, the player holding fewer than `perUserLimit` live claims
+//!    (else `DUPLICATE_CLAIM`);
 //! 3. a unit of stock (else `OUT_OF_STOCK`);
 //! 4. the claim inserted in its slot — a slot another writer took meanwhile
 //!    is refused by the unique index, and the grant goes round again — the
@@ -38,7 +40,7 @@ use std::time::Duration;
 use rewards_kit::store::Store;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::payout::{Due, HANDOFF_GRACE, Handoff};
+use crate::payout::{self, Handoff};
 
 /// Most grants in one transaction.
 const MAX_BATCH: usize = 512;
@@ -236,12 +238,7 @@ impl Writer {
         match decision {
             Ok(Decision::Done(outcome)) => {
                 if outcome == Outcome::Granted && grant.status == "APPROVED" {
-                    self.handoff.hand(Due {
-                        claim_id: grant.claim_id,
-                        user_id: grant.user_id,
-                        reward: grant.reward,
-                        attempts: 0,
-                    });
+                    self.handoff.hand(grant.claim_id, grant.user_id, grant.reward);
                 }
                 answer(reply, Ok(outcome), &self.announced)
             }
@@ -259,7 +256,7 @@ impl Writer {
 /// Decides and writes `grants` in one transaction; one decision per grant, in order.
 async fn write(store: &Store, grants: &[&Grant]) -> Result<Vec<Decision>, sqlx::Error> {
     // The outbox row of a payout handed over in memory waits before the poll may take it.
-    let grace = HANDOFF_GRACE.as_micros() as i64;
+    let grace = payout::grace_micros();
     match store {
         Store::Postgres(pool) => postgres::write(pool, grants, grace).await,
         Store::Sqlite(pool) => sqlite::write(pool, grants, grace).await,

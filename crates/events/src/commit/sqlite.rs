@@ -1,7 +1,9 @@
 //! A grant batch on SQLite: in-process, so round trips cost little; a few
 //! statements in one `BEGIN IMMEDIATE` transaction (which holds the write
 //! lock from the start), with the decisions made in [`decide`] against the
-//! rows read — the same rule, in the same order, as the PostgreSQL statement.
+//! rows read — the same rule, in the same order, as the PostgreSQL statement
+//! (which slot number a grant takes may differ: here the lowest free one,
+//! there the next above the highest first; any free slot keeps the limit).
 
 use std::collections::{HashMap, HashSet};
 
