@@ -22,7 +22,7 @@ use rewards_kit::page::{Cursor, Page, PageRequest, keyset_condition};
 use rewards_kit::problem::{FieldError, PROBLEM_JSON, ProblemCode, ProblemSchema};
 use rewards_kit::{Problem, with_pool, with_write_tx};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
@@ -31,7 +31,6 @@ use crate::batch::{self, TransitionRow};
 use crate::commit::{Announced, Grant, Outcome};
 use crate::condition::Condition;
 use crate::evaluator::Ledger;
-use crate::store::RewardRow;
 use crate::targets::Target;
 
 pub const STATUSES: [&str; 6] = ["PENDING", "APPROVED", "REJECTED", "PAID", "FAILED", "CANCELLED"];
@@ -116,15 +115,6 @@ impl Answer {
         let content_type = if self.status.is_success() { "application/json" } else { PROBLEM_JSON };
         (self.status, [(axum::http::header::CONTENT_TYPE, content_type)], self.body).into_response()
     }
-}
-
-fn reward_snapshot(reward: &RewardRow) -> Value {
-    json!({
-        "name": reward.name,
-        "type": reward.kind,
-        "details": serde_json::from_str::<Value>(&reward.details).unwrap_or(Value::Null),
-        "quantity": reward.quantity,
-    })
 }
 
 /// An `Idempotency-Key`: 1 to 255 visible characters.
@@ -340,7 +330,6 @@ async fn check_condition(state: &AppState, who: &Identity, target: &Target, now:
          VALUES ($1, $2, $3, $4, NULL, 'REJECTED', $5, $6, $7, NULL, $7, true) \
          ON CONFLICT (user_id, reward_id) WHERE refusal DO UPDATE SET reason = $5, updated_at = $7"
     );
-    let snapshot = reward_snapshot(reward).to_string();
     with_pool!(state.store(), |pool| {
         sqlx::query(&upsert)
             .bind(crate::new_id())
@@ -348,7 +337,7 @@ async fn check_condition(state: &AppState, who: &Identity, target: &Target, now:
             .bind(&target.event.id)
             .bind(&reward.id)
             .bind(&reason)
-            .bind(&snapshot)
+            .bind(&target.snapshot)
             .bind(now)
             .execute(pool)
             .await
@@ -378,7 +367,7 @@ async fn grant(
         slot: None,
         status: status.to_owned(),
         reason: None,
-        reward: reward_snapshot(reward).to_string(),
+        reward: target.snapshot.clone(),
         created_at: now,
         processed_at: None,
         updated_at: now,

@@ -194,7 +194,7 @@ impl Dispatcher {
     }
 
     /// Delivers what is due, up to [`BATCH`] at a time; returns how many were tried.
-    pub async fn deliver_due(&self) -> Result<usize, sqlx::Error> {
+    async fn deliver_due(&self) -> Result<usize, sqlx::Error> {
         // The due payouts first (their partial index), then each one's claim
         // by its key: no plan can scan the claims.
         let sql = match self.state.store() {

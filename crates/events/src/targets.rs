@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rewards_kit::clock::from_micros;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::condition::Condition;
 use crate::dates;
@@ -31,6 +31,8 @@ pub struct Target {
     pub reward: RewardRow,
     pub condition: Condition,
     pub window: Window,
+    /// The reward as a claim records it: `{name, type, details, quantity}` as JSON.
+    pub snapshot: String,
     /// The versions of the reward and of the event these rows are (at most).
     pub reward_version: i64,
     pub event_version: i64,
@@ -45,7 +47,14 @@ impl Target {
             .and_then(|v| Condition::parse(&v, "condition").ok())?;
         let tz = dates::time_zone(&event.time_zone).unwrap_or(chrono_tz::Tz::UTC);
         let window = window_of(from_micros(event.start_at), from_micros(event.end_at), tz);
-        Some(Self { event, reward, condition, window, reward_version, event_version })
+        let snapshot = json!({
+            "name": reward.name,
+            "type": reward.kind,
+            "details": serde_json::from_str::<Value>(&reward.details).unwrap_or(Value::Null),
+            "quantity": reward.quantity,
+        })
+        .to_string();
+        Some(Self { event, reward, condition, window, snapshot, reward_version, event_version })
     }
 
     /// Claimable at `now` (micros): `ACTIVE` and inside the window.
