@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::http::{Request, Uri};
+use axum::http::{HeaderValue, Request, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rewards_kit::Problem;
-use rewards_kit::identity::{Identity, Role, Vouched, payload_of};
+use rewards_kit::identity::{Identity, IdentityKey, Prepared, Role, Vouched, payload_of};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::FastMap;
 use crate::upstream::Client;
 
 /// The shortest time between two JWKS fetches triggered by unknown `kid`s.
@@ -58,29 +59,51 @@ struct Jwk {
 /// A verified token's identity, remembered until the token expires.
 type Entry = (Arc<Identity>, i64);
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 /// A verified token as one serving thread remembers it.
 pub struct Verified {
     pub identity: Arc<Identity>,
     exp: i64,
     verifier: u64,
-    /// The identity proof's payload for the address this token last came from.
-    payload: RefCell<Option<(IpAddr, Rc<str>)>>,
+    /// The identity proof prepared for the address this token last came from.
+    prepared: RefCell<Option<(IpAddr, Rc<Prepared>)>>,
 }
 
 impl Verified {
-    /// The proof payload vouching for this caller at `ip`.
-    pub fn payload_for(&self, ip: IpAddr) -> Rc<str> {
-        let mut cached = self.payload.borrow_mut();
+    /// The identity proof, prepared with `key`, vouching for this caller at `ip`.
+    pub fn prepared_for(&self, ip: IpAddr, key: &IdentityKey) -> Rc<Prepared> {
+        let mut cached = self.prepared.borrow_mut();
         match &*cached {
-            Some((at, payload)) if *at == ip => payload.clone(),
+            Some((at, prepared)) if *at == ip => prepared.clone(),
             _ => {
                 let vouched = Vouched { caller: Some((*self.identity).clone()), client_ip: Some(ip) };
-                let payload: Rc<str> = payload_of(&vouched).into();
-                *cached = Some((ip, payload.clone()));
-                payload
+                let prepared = Rc::new(key.prepare(payload_of(&vouched)));
+                *cached = Some((ip, prepared.clone()));
+                prepared
             }
+        }
+    }
+}
+
+/// The `Authorization` header a connection last sent, with the token it
+/// proved: a client sends the same header with every request of a
+/// keep-alive connection, and comparing it costs less than finding the token
+/// in the thread's cache.
+#[derive(Default)]
+pub struct LastToken(RefCell<Option<(HeaderValue, Rc<Verified>)>>);
+
+impl LastToken {
+    fn get(&self, authorization: &HeaderValue, verifier: u64, now: i64) -> Option<Rc<Verified>> {
+        let last = self.0.borrow();
+        let (header, verified) = last.as_ref()?;
+        let same = header.as_bytes() == authorization.as_bytes() && verified.verifier == verifier && verified.exp > now;
+        same.then(|| verified.clone())
+    }
+
+    fn set(&self, authorization: &HeaderValue, verified: Rc<Verified>) {
+        // A copy, not a clone: a clone would keep the connection's whole
+        // read buffer alive.
+        if let Ok(header) = HeaderValue::from_bytes(authorization.as_bytes()) {
+            *self.0.borrow_mut() = Some((header, verified));
         }
     }
 }
@@ -126,6 +149,24 @@ impl Verifier {
         }
     }
 
+    /// The caller an `Authorization` header proves: none when it is not a
+    /// bearer token, 401 when the token does not verify. What the connection
+    /// sent last time, or this thread's cache, answers when they can.
+    pub async fn verify_header(
+        &self,
+        last: &LastToken,
+        authorization: &HeaderValue,
+        now: i64,
+    ) -> Result<Option<Rc<Verified>>, Problem> {
+        if let Some(verified) = last.get(authorization, self.id, now) {
+            return Ok(Some(verified));
+        }
+        let Some(token) = bearer_token(authorization) else { return Ok(None) };
+        let verified = self.verify_here(token, now).await?;
+        last.set(authorization, verified.clone());
+        Ok(Some(verified))
+    }
+
     /// The caller a bearer token proves, or 401; from this thread's cache
     /// when the token was seen here before.
     pub async fn verify_here(&self, token: &str, now: i64) -> Result<Rc<Verified>, Problem> {
@@ -135,7 +176,7 @@ impl Verifier {
             return Ok(verified);
         }
         let (identity, exp) = self.verify_shared(token, now).await?;
-        let verified = Rc::new(Verified { identity, exp, verifier: self.id, payload: RefCell::new(None) });
+        let verified = Rc::new(Verified { identity, exp, verifier: self.id, prepared: RefCell::new(None) });
         VERIFIED.with_borrow_mut(|cache| {
             if cache.len() >= self.per_thread {
                 cache.retain(|_, v| v.exp > now);
@@ -266,7 +307,11 @@ pub fn forget_expired_here() {
 
 /// The token of an `Authorization: Bearer ...` header.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+    bearer_token(headers.get(axum::http::header::AUTHORIZATION)?)
+}
+
+/// The token of an `Authorization` header's value, if it is a bearer token.
+fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }

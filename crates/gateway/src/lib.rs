@@ -9,6 +9,7 @@
 mod admin;
 mod body;
 mod config;
+mod deadline;
 mod docs;
 mod health;
 mod jwt;
@@ -42,6 +43,10 @@ use crate::registry::Registry;
 
 /// The service's name in logs.
 pub const NAME: &str = "gateway";
+
+/// The hash map of the gateway's own lookups (keys it makes itself, so a
+/// fast hash without flooding protection is enough).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The gateway's default port.
 pub const DEFAULT_PORT: u16 = 3000;

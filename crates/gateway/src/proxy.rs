@@ -4,11 +4,12 @@
 //! healthy instance → rewrite headers and vouch for the caller → forward with
 //! a timeout → map upstream failures to problem+json → metrics.
 //!
-//! This is the gateway's hot path: what can be worked out once is (the
-//! verified token and its proof payload per thread, the client's address per
-//! connection, each instance's `Host`, the registry snapshot and a metrics
-//! table per thread), so a request costs a cache lookup, one MAC and the two
-//! HTTP exchanges.
+//! This is the gateway's hot path: what can be worked out once is (the token
+//! a connection last sent and what it proved, the verified tokens per thread
+//! with their identity proofs prepared, the client's address per connection,
+//! each instance's `Host`, the registry snapshot, a metrics table and a
+//! deadline table per thread), so a request costs a comparison, the rest of
+//! one MAC and the two HTTP exchanges.
 
 use std::cell::{OnceCell, RefCell};
 use std::net::SocketAddr;
@@ -23,28 +24,31 @@ use hyper::body::{Body as _, Incoming};
 use rewards_kit::Problem;
 use rewards_kit::health::Check;
 use rewards_kit::http::{REQUEST_ID, log_served, new_request_id_header, sane_request_id};
-use rewards_kit::identity::{IDENTITY_HEADER, Vouched, payload_of, strip_identity_headers};
+use rewards_kit::identity::{IDENTITY_HEADER, IdentityKey, Prepared, Vouched, payload_of, strip_identity_headers};
 use rewards_kit::problem::ProblemCode;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::Gateway;
 use crate::body::{GatewayBody, local};
-use crate::jwt::{Verified, bearer};
+use crate::deadline;
+use crate::jwt::{LastToken, Verified};
 use crate::metrics::Recorder;
 use crate::registry::{Instance, Registry, Route, Service};
 use crate::upstream::{self, Client, Failure, RequestBody};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Compared with constants one by one: most are standard headers, and a
+    // standard header compares as a number.
+    *name == header::CONNECTION
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -92,20 +96,23 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// `X-Forwarded-For`: the gateway is the edge, so the peer is the client.
     forwarded_for: HeaderValue,
-    /// The proof payload for an anonymous caller from this address.
-    anonymous: OnceCell<Rc<str>>,
+    /// The identity proof prepared for an anonymous caller from this address.
+    anonymous: OnceCell<Rc<Prepared>>,
+    last_token: LastToken,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
         let forwarded_for =
             HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a valid header value");
-        Self { addr, forwarded_for, anonymous: OnceCell::new() }
+        Self { addr, forwarded_for, anonymous: OnceCell::new(), last_token: LastToken::default() }
     }
 
-    fn anonymous_payload(&self) -> Rc<str> {
+    fn anonymous(&self, key: &IdentityKey) -> Rc<Prepared> {
         self.anonymous
-            .get_or_init(|| payload_of(&Vouched { caller: None, client_ip: Some(self.addr.ip()) }).into())
+            .get_or_init(|| {
+                Rc::new(key.prepare(payload_of(&Vouched { caller: None, client_ip: Some(self.addr.ip()) })))
+            })
             .clone()
     }
 }
@@ -170,9 +177,9 @@ async fn admit(
 ) -> Result<Option<Rc<Verified>>, Problem> {
     gateway.limits.check_address(peer.addr.ip())?;
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let caller = match bearer(headers) {
-        Some(token) => match gateway.verifier.verify_here(token, now).await {
-            Ok(verified) => Some(verified),
+    let caller = match headers.get(header::AUTHORIZATION) {
+        Some(authorization) => match gateway.verifier.verify_header(&peer.last_token, authorization, now).await {
+            Ok(verified) => verified,
             // A stale token sent to a public route (a login page, say) is ignored.
             Err(_) if route.rule.public => None,
             Err(problem) => return Err(problem),
@@ -217,13 +224,12 @@ async fn relay<'s>(
     let path_and_query = backend_path(&parts.uri, service.prefix.len());
     rewrite_request_headers(&mut parts.headers, peer);
     // Vouch for the caller and the client's address, over the path the backend sees.
-    let payload = match &caller {
-        Some(caller) => caller.payload_for(peer.addr.ip()),
-        None => peer.anonymous_payload(),
+    let key = &gateway.identity_key;
+    let prepared = match &caller {
+        Some(caller) => caller.prepared_for(peer.addr.ip(), key),
+        None => peer.anonymous(key),
     };
-    parts
-        .headers
-        .insert(IDENTITY_HEADER, gateway.identity_key.sign_payload_at(&parts.method, &path_and_query, &payload, now));
+    parts.headers.insert(IDENTITY_HEADER, key.sign_prepared_at(&prepared, &parts.method, &path_and_query, now));
     parts.uri = match Uri::try_from(path_and_query) {
         Ok(uri) => uri,
         Err(_) => return (local(Problem::not_found("no route for this path")), None),
@@ -231,6 +237,8 @@ async fn relay<'s>(
     // Whatever the client spoke, the gateway keeps its upstream connections alive.
     parts.version = Version::HTTP_11;
     let timeout = route.timeout.unwrap_or(Duration::from_millis(gateway.settings.timeout_ms));
+    // A retry on another instance gets what is left of the same time.
+    let due = Instant::now() + timeout;
     let body =
         if body.is_end_stream() { RequestBody::Empty } else { RequestBody::limited(body, gateway.settings.body_limit) };
     // Bodiless requests may be retried once on another instance when the
@@ -252,7 +260,7 @@ async fn relay<'s>(
             },
         };
         outgoing.headers_mut().insert(header::HOST, instance.host.clone());
-        let failure = match tokio::time::timeout(timeout, upstream::send(instance, outgoing)).await {
+        let failure = match deadline::until(due, upstream::send(instance, outgoing)).await {
             Ok(Ok(response)) => {
                 let (mut head, body) = response.into_parts();
                 remove_hop_by_hop(&mut head.headers);
@@ -328,7 +336,7 @@ fn rewrite_request_headers(headers: &mut HeaderMap, peer: &Peer) {
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Nearly every message has none: one look before any removal.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // Headers named in `Connection` are hop-by-hop too.
@@ -343,7 +351,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    let hop_by_hop: Vec<HeaderName> = headers.keys().filter(|name| is_hop_by_hop(name)).cloned().collect();
+    for name in hop_by_hop {
         headers.remove(name);
     }
 }

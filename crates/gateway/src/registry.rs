@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use rewards_kit::rules::RouteRule;
 use serde::{Deserialize, Serialize};
 
+use crate::FastMap;
+
 /// Paths the gateway serves itself; no service may take them as a prefix.
 const RESERVED: [&str; 6] = ["/gateway", "/health", "/ready", "/docs", "/openapi.json", "/metrics"];
 
@@ -144,9 +146,13 @@ impl Service {
         thread_local! {
             // Each thread turns its own wheel per service: no counter shared
             // between cores, and one service's turns do not skip another's.
-            static NEXT: RefCell<HashMap<u64, usize>> = RefCell::new(HashMap::new());
+            static NEXT: RefCell<FastMap<u64, usize>> = RefCell::new(FastMap::default());
         }
         let n = self.instances.len();
+        if n == 1 {
+            let only = &self.instances[0];
+            return (only.is_healthy() && skip.is_none_or(|s| !std::ptr::eq(s, &**only))).then_some(only);
+        }
         let start = NEXT.with_borrow_mut(|next| {
             if next.len() > 10_000 {
                 next.clear(); // services replaced by registry changes

@@ -9,11 +9,13 @@
 //! same duties (request id, access log, panics as 500) without a router's
 //! per-request boxing and cloning.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -21,9 +23,10 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use rewards_kit::Problem;
 use rewards_kit::server::{DRAIN_LIMIT, Shutdown};
+use slab::Slab;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -60,7 +63,15 @@ pub async fn serve(
                 .and_then(|runtime| {
                     let local = tokio::task::LocalSet::new();
                     let here = Here::new(&gateway);
-                    local.block_on(&runtime, serve_thread(ThreadState { gateway, own, here }, listener, shutdown))
+                    // The LocalSet polls the future it runs on every wake-up of any
+                    // of its tasks: a join handle is cheaper to poll than the
+                    // accept loop itself.
+                    let serving = ThreadState { gateway, own, here };
+                    local.block_on(&runtime, async move {
+                        tokio::task::spawn_local(serve_thread(serving, listener, shutdown))
+                            .await
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a gateway serving thread panicked")))
+                    })
                 });
             let _ = tx.send(result);
         })?;
@@ -80,15 +91,16 @@ pub async fn serve(
 async fn serve_thread(state: ThreadState, listener: std::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let state = Rc::new(state);
-    let connections = GracefulShutdown::new();
+    let connections = Rc::new(Drain::default());
     tokio::task::spawn_local(upkeep());
+    crate::deadline::spawn_ticker();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let connection = serve_connection(state.clone(), stream, peer);
-                    tokio::task::spawn_local(connections.watch(connection));
+                    tokio::task::spawn_local(Drain::watch(connections.clone(), connection));
                 }
                 Err(err) => {
                     // Out of file descriptors, say: back off instead of spinning.
@@ -104,6 +116,94 @@ async fn serve_thread(state: ThreadState, listener: std::net::TcpListener, shutd
         tracing::warn!(service = crate::NAME, "in-flight requests did not finish within {DRAIN_LIMIT:?}; closing");
     }
     Ok(())
+}
+
+/// One serving thread's open connections, told to finish their requests and
+/// close when the gateway stops. (hyper-util's `GracefulShutdown` does this
+/// with a watch channel that every connection polls on every wake-up; here a
+/// connection looks at a flag and compares a waker.)
+#[derive(Default)]
+struct Drain(RefCell<DrainState>);
+
+#[derive(Default)]
+struct DrainState {
+    closing: bool,
+    /// Each open connection's waker, to wake it when closing begins.
+    open: Slab<Option<Waker>>,
+    /// Who waits for the last connection to close.
+    drained: Option<Waker>,
+}
+
+/// A connection's place among the open ones, given up when it closes.
+struct Watched {
+    drain: Rc<Drain>,
+    key: usize,
+}
+
+impl Watched {
+    /// Whether closing has begun; if not, `waker` is woken when it does.
+    fn closing(&self, waker: &Waker) -> bool {
+        let mut state = self.drain.0.borrow_mut();
+        if state.closing {
+            return true;
+        }
+        let slot = &mut state.open[self.key];
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+        false
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let mut state = self.drain.0.borrow_mut();
+        state.open.remove(self.key);
+        if state.open.is_empty()
+            && let Some(drained) = state.drained.take()
+        {
+            drained.wake();
+        }
+    }
+}
+
+impl Drain {
+    /// Serves `connection` until it closes, or until closing begins and its
+    /// in-flight request is answered.
+    async fn watch<C: GracefulConnection>(drain: Rc<Self>, connection: C) {
+        let key = drain.0.borrow_mut().open.insert(None);
+        let watched = Watched { drain, key };
+        let mut connection = std::pin::pin!(connection);
+        let mut asked_to_close = false;
+        // How a connection ends (a client gone mid-request, say) is the client's business.
+        let _ = std::future::poll_fn(|cx| {
+            if !asked_to_close && watched.closing(cx.waker()) {
+                connection.as_mut().graceful_shutdown();
+                asked_to_close = true;
+            }
+            connection.as_mut().poll(cx)
+        })
+        .await;
+    }
+
+    /// Tells every open connection to close, and waits until all have.
+    async fn shutdown(&self) {
+        let wakers: Vec<Waker> = {
+            let mut state = self.0.borrow_mut();
+            state.closing = true;
+            state.open.iter_mut().filter_map(|(_, waker)| waker.take()).collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.borrow_mut();
+            if state.open.is_empty() {
+                return Poll::Ready(());
+            }
+            state.drained = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
 }
 
 /// This thread's share of the upkeep: idle upstream connections closed,

@@ -10,7 +10,6 @@
 //! on the hot path and use the shared [`Client`].
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::FastMap;
 use crate::registry::Instance;
 
 /// Pooled keep-alive HTTP/1 connections for the gateway's own calls.
@@ -106,7 +106,7 @@ struct Idle {
 
 thread_local! {
     /// This thread's idle connections, by instance id.
-    static POOLS: RefCell<HashMap<u64, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static POOLS: RefCell<FastMap<u64, Vec<Idle>>> = RefCell::new(FastMap::default());
 }
 
 /// Why a request did not get an answer from the instance.

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -20,7 +20,7 @@ use crate::identity::{IdentityKey, verify_identity};
 use crate::problem::{PROBLEM_JSON, Problem, ProblemCode};
 
 /// The request id header, generated or propagated.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Default request body limit for services (1 MiB: an activity batch of 1000
 /// fits, anything much larger is a mistake or an attack).

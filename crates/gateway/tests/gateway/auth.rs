@@ -6,7 +6,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use rewards_auth::keys::{AccessClaims, encoding_key, generate_key};
 use rewards_kit::identity::Role;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -106,4 +106,74 @@ async fn a_rotated_key_is_fetched_when_a_token_names_it() {
         StatusCode::OK,
         "the old key still verifies"
     );
+}
+
+/// One request on a raw keep-alive connection: the status and the JSON body.
+async fn exchange(stream: &mut tokio::net::TcpStream, path: &str, authorization: Option<&str>) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = authorization.map(|a| format!("authorization: {a}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: gateway\r\n{auth}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the gateway closed the connection");
+        received.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let head = text[..end].to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("a response with a length");
+        if received.len() >= end + 4 + length {
+            let status = head[9..12].parse().unwrap();
+            let body = serde_json::from_slice(&received[end + 4..end + 4 + length]).unwrap();
+            return (status, body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_connection_changing_tokens_is_each_caller_in_turn() {
+    let gw = TestGateway::start().await;
+    let t = gw.tokens().await;
+    let ring = gw.auth.keys.ring().await.unwrap();
+    let real = ring.signer(chrono::Utc::now()).unwrap().clone();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(real.kid.clone());
+    let expired = jsonwebtoken::encode(&header, &claims(-120), &encoding_key(&real)).unwrap();
+    let address = gw.gateway.base_url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+
+    let caller = |seen: &Value| {
+        let proof = seen["headers"]["x-rewards-identity"].as_str().unwrap();
+        let path = seen["uri"].as_str().unwrap();
+        let vouched = gw.key.verify(&http::Method::GET, path, proof.as_bytes()).expect("the gateway's proof");
+        vouched.caller.map(|c| c.username)
+    };
+    // The connection remembers the header it last sent: every change of
+    // token, and every bad token after a good one, must still be noticed.
+    let user = format!("Bearer {}", t.user);
+    let operator = format!("Bearer {}", t.operator);
+    for round in 0..2 {
+        let (status, seen) = exchange(&mut stream, "/echo/items/1", Some(&user)).await;
+        assert_eq!((status, caller(&seen).as_deref()), (200, Some("gw_user")), "round {round}");
+        let (status, seen) = exchange(&mut stream, "/echo/items/1", Some(&user)).await;
+        assert_eq!((status, caller(&seen).as_deref()), (200, Some("gw_user")), "round {round}, again");
+        let (status, seen) = exchange(&mut stream, "/echo/items/1", Some(&operator)).await;
+        assert_eq!((status, caller(&seen).as_deref()), (200, Some("gw_operator")), "round {round}");
+        let (status, body) = exchange(&mut stream, "/echo/items/1", Some(&format!("Bearer {expired}"))).await;
+        assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHENTICATED")), "round {round}, expired");
+        let (status, _) = exchange(&mut stream, "/echo/items/1", Some(&format!("Bearer {}x", t.user))).await;
+        assert_eq!(status, 401, "round {round}, the user's token with a byte more");
+        let (status, _) = exchange(&mut stream, "/echo/items/1", None).await;
+        assert_eq!(status, 401, "round {round}, no token");
+        let (status, seen) = exchange(&mut stream, "/echo/public", Some(&user)).await;
+        assert_eq!((status, caller(&seen).as_deref()), (200, Some("gw_user")), "round {round}, public route");
+        let (status, seen) = exchange(&mut stream, "/echo/public", Some("Basic YWRtaW46YWRtaW4=")).await;
+        assert_eq!((status, caller(&seen)), (200, None), "round {round}, not a bearer token");
+    }
 }

@@ -1,0 +1,186 @@
+//! Per-request deadlines, kept by one coarse timer per serving thread.
+//!
+//! A tokio timeout per forwarded request costs a timer-wheel entry armed and
+//! cleared every time, a large share of the gateway's own work per request.
+//! Route timeouts are seconds long and need no millisecond precision, so
+//! each serving thread keeps its requests' deadlines in a table instead, and
+//! one ticker checks them every [`TICK`] while any are pending (and sleeps
+//! while none are). A request's deadline therefore fires up to one tick late.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+/// How often pending deadlines are checked, and so how late one may fire.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// The deadline passed before the future finished.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+struct Pending {
+    at: Instant,
+    waker: Option<Waker>,
+    expired: bool,
+}
+
+struct Table {
+    pending: Slab<Pending>,
+    /// The ticker, parked while nothing is pending.
+    ticker: Option<Waker>,
+    ticking: bool,
+}
+
+thread_local! {
+    static TABLE: RefCell<Table> = const { RefCell::new(Table { pending: Slab::new(), ticker: None, ticking: false }) };
+}
+
+/// Runs `future` until `at`; after that it is dropped and [`Elapsed`] returned.
+/// Needs [`spawn_ticker`] on the same thread.
+pub async fn until<F: Future>(at: Instant, future: F) -> Result<F::Output, Elapsed> {
+    let entry = Entry::new(at);
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        if entry.expired(cx.waker()) {
+            return Poll::Ready(Err(Elapsed));
+        }
+        future.as_mut().poll(cx).map(Ok)
+    })
+    .await
+}
+
+/// One request's place in the table, cleared when the request is done.
+struct Entry(usize);
+
+impl Entry {
+    fn new(at: Instant) -> Self {
+        Self(TABLE.with_borrow_mut(|table| {
+            debug_assert!(table.ticking, "deadlines need spawn_ticker on this thread");
+            if table.pending.is_empty()
+                && let Some(ticker) = table.ticker.take()
+            {
+                ticker.wake();
+            }
+            table.pending.insert(Pending { at, waker: None, expired: false })
+        }))
+    }
+
+    /// Whether the deadline has passed; if not, `waker` is woken when it does.
+    fn expired(&self, waker: &Waker) -> bool {
+        TABLE.with_borrow_mut(|table| {
+            let pending = &mut table.pending[self.0];
+            if !pending.expired && !pending.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                pending.waker = Some(waker.clone());
+            }
+            pending.expired
+        })
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // During thread teardown the table may already be gone: nothing to clear.
+        let _ = TABLE.try_with(|table| table.borrow_mut().pending.try_remove(self.0));
+    }
+}
+
+/// Starts this thread's ticker (on its `LocalSet`), which wakes the requests
+/// whose deadline has passed, every [`TICK`] while any are pending.
+pub fn spawn_ticker() {
+    TABLE.with_borrow_mut(|table| table.ticking = true);
+    tokio::task::spawn_local(run_ticker());
+}
+
+async fn run_ticker() {
+    loop {
+        std::future::poll_fn(|cx| {
+            TABLE.with_borrow_mut(|table| {
+                if table.pending.is_empty() {
+                    table.ticker = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+        })
+        .await;
+        tokio::time::sleep(TICK).await;
+        expire(Instant::now());
+    }
+}
+
+fn expire(now: Instant) {
+    let due: Vec<Waker> = TABLE.with_borrow_mut(|table| {
+        table
+            .pending
+            .iter_mut()
+            .filter(|(_, p)| !p.expired && p.at <= now)
+            .filter_map(|(_, p)| {
+                p.expired = true;
+                p.waker.take()
+            })
+            .collect()
+    });
+    // Woken outside the borrow: a woken task may be polled at once.
+    due.into_iter().for_each(Waker::wake);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_a_local_set<F: Future>(future: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async move {
+            spawn_ticker();
+            future.await
+        })
+    }
+
+    #[test]
+    fn a_future_that_finishes_in_time_gives_its_output() {
+        let out = on_a_local_set(async {
+            until(Instant::now() + Duration::from_secs(5), async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                7
+            })
+            .await
+        });
+        assert_eq!(out, Ok(7));
+        assert!(TABLE.with_borrow(|t| t.pending.is_empty()), "a finished request leaves nothing pending");
+    }
+
+    #[test]
+    fn a_future_past_its_deadline_is_dropped_within_a_tick_or_two() {
+        let (out, waited) = on_a_local_set(async {
+            let started = Instant::now();
+            let out = until(started + Duration::from_millis(50), std::future::pending::<()>()).await;
+            (out, started.elapsed())
+        });
+        assert_eq!(out, Err(Elapsed));
+        assert!(waited >= Duration::from_millis(50), "not before the deadline: {waited:?}");
+        assert!(waited < Duration::from_millis(50) + 10 * TICK, "about when it was due: {waited:?}");
+    }
+
+    #[test]
+    fn deadlines_fire_each_at_its_own_time_and_the_ticker_sleeps_in_between() {
+        on_a_local_set(async {
+            let started = Instant::now();
+            let short = until(started + Duration::from_millis(30), std::future::pending::<()>());
+            let long = until(started + Duration::from_millis(300), async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                "done"
+            });
+            let (short, long) = tokio::join!(short, long);
+            assert_eq!(short, Err(Elapsed));
+            assert_eq!(long, Ok("done"));
+            // Nothing pending: a later deadline still fires (the ticker wakes again).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let again = until(Instant::now() + Duration::from_millis(20), std::future::pending::<()>()).await;
+            assert_eq!(again, Err(Elapsed));
+        });
+    }
+}
