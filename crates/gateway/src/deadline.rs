@@ -40,16 +40,31 @@ thread_local! {
 
 /// Runs `future` until `at`; after that it is dropped and [`Elapsed`] returned.
 /// Needs [`spawn_ticker`] on the same thread.
-pub async fn until<F: Future>(at: Instant, future: F) -> Result<F::Output, Elapsed> {
-    let entry = Entry::new(at);
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| {
-        if entry.expired(cx.waker()) {
+pub fn until<F: Future>(at: Instant, future: F) -> WithDeadline<F> {
+    WithDeadline { future, entry: Entry::new(at) }
+}
+
+pin_project_lite::pin_project! {
+    /// A future with a deadline (a plain struct, not an `async fn`, so that
+    /// the future inside is held once: request futures are copied whole
+    /// whenever they move).
+    pub struct WithDeadline<F> {
+        #[pin]
+        future: F,
+        entry: Entry,
+    }
+}
+
+impl<F: Future> Future for WithDeadline<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.entry.expired(cx.waker()) {
             return Poll::Ready(Err(Elapsed));
         }
-        future.as_mut().poll(cx).map(Ok)
-    })
-    .await
+        this.future.poll(cx).map(Ok)
+    }
 }
 
 /// One request's place in the table, cleared when the request is done.

@@ -162,7 +162,9 @@ impl Verifier {
             return Ok(Some(verified));
         }
         let Some(token) = bearer_token(authorization) else { return Ok(None) };
-        let verified = self.verify_here(token, now).await?;
+        // Boxed: a signature check may fetch the JWKS, a large future that
+        // would otherwise be carried (and copied) by every request's future.
+        let verified = Box::pin(self.verify_here(token, now)).await?;
         last.set(authorization, verified.clone());
         Ok(Some(verified))
     }

@@ -237,7 +237,10 @@ async fn handle(state: &ThreadState, peer: &Peer, request: Request<Incoming>) ->
     if is_reserved(request.uri().path()) {
         return own_route(state, peer, request).await;
     }
-    match AssertUnwindSafe(proxy::forward(&state.gateway, &state.here, peer, request)).catch_unwind().await {
+    // Boxed once here: a request's future is a few kilobytes, and every layer
+    // above would otherwise hold (and copy) it whole.
+    let forwarding = Box::pin(proxy::forward(&state.gateway, &state.here, peer, request));
+    match AssertUnwindSafe(forwarding).catch_unwind().await {
         Ok(response) => response,
         Err(_) => {
             tracing::error!("forwarding a request panicked");

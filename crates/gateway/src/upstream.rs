@@ -147,7 +147,9 @@ pub async fn send(instance: &Instance, request: Request<RequestBody>) -> Result<
             },
         }
     }
-    let mut sender = connect(instance).await?;
+    // Boxed: connecting is rare, and its future would otherwise be carried
+    // (and copied) by every request's future.
+    let mut sender = Box::pin(connect(instance)).await?;
     match sender.send_request(request).await {
         Ok(response) => Ok(ResponseBody::wrap(response, instance.id, sender)),
         Err(err) => Err(Failure::Exchange(err)),
