@@ -18,13 +18,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::http::header::Entry;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 use rewards_kit::Problem;
 use rewards_kit::health::Check;
-use rewards_kit::http::{REQUEST_ID, log_served, new_request_id_header, sane_request_id};
-use rewards_kit::identity::{IDENTITY_HEADER, IdentityKey, Prepared, Vouched, payload_of, strip_identity_headers};
+use rewards_kit::http::{REQUEST_ID, log_served, new_request_id_header_at, sane_request_id};
+use rewards_kit::identity::{
+    IDENTITY_HEADER, IdentityKey, Prepared, Vouched, is_identity_header, payload_of, strip_identity_headers,
+};
 use rewards_kit::problem::ProblemCode;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -125,16 +128,16 @@ pub async fn forward(
     mut request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let started = Instant::now();
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID)
-        .filter(|v| sane_request_id(v).is_some())
-        .cloned()
-        .unwrap_or_else(new_request_id_header);
-    request.headers_mut().insert(REQUEST_ID, request_id.clone());
+    let now = SystemTime::now();
+    // The client's request id when it is sane, else a fresh one (one lookup either way).
+    let request_id = match request.headers_mut().entry(REQUEST_ID) {
+        Entry::Occupied(sent) if sane_request_id(sent.get()).is_some() => sent.get().clone(),
+        Entry::Occupied(mut sent) => sent.insert(new_request_id_header_at(now)).clone(),
+        Entry::Vacant(none) => none.insert(new_request_id_header_at(now)).clone(),
+    };
     let span = tracing::info_span!("request", service = crate::NAME, request_id = request_id.to_str().unwrap_or(""),
         method = %request.method(), path = %request.uri().path());
-    let mut response = route_and_relay(gateway, here, peer, request, started).instrument(span.clone()).await;
+    let mut response = route_and_relay(gateway, here, peer, request, started, now).instrument(span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, request_id);
     log_served(&span, response.status(), started);
     response
@@ -146,6 +149,7 @@ async fn route_and_relay(
     peer: &Peer,
     request: Request<Incoming>,
     started: Instant,
+    now: SystemTime,
 ) -> Response<GatewayBody> {
     let registry = here.registry(gateway);
     let path = request.uri().path();
@@ -158,7 +162,6 @@ async fn route_and_relay(
         here.metrics.record(service, None, None, response.status(), started.elapsed());
         return response;
     };
-    let now = SystemTime::now();
     let (response, upstream) = match admit(gateway, route, peer, request.headers(), now).await {
         Ok(caller) => relay(gateway, service, route, peer, caller, request, now).await,
         Err(problem) => (local(problem), None),
@@ -322,8 +325,11 @@ fn backend_path(uri: &Uri, prefix_len: usize) -> String {
 /// Removes what a client must not decide (identity headers, the bearer token,
 /// hop-by-hop headers, the gateway's Host) and adds the forwarding headers.
 fn rewrite_request_headers(headers: &mut HeaderMap, peer: &Peer) {
-    strip_identity_headers(headers);
-    remove_hop_by_hop(headers);
+    // Nearly every request has neither kind: one look at the names first.
+    if headers.keys().any(|name| is_identity_header(name.as_str()) || is_hop_by_hop(name)) {
+        strip_identity_headers(headers);
+        remove_hop_by_hop(headers);
+    }
     // Backends trust the gateway's proof, not tokens: the token stops here.
     headers.remove(header::AUTHORIZATION);
     if let Some(host) = headers.remove(header::HOST) {

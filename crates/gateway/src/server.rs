@@ -235,7 +235,8 @@ fn serve_connection(
 
 async fn handle(state: &ThreadState, peer: &Peer, request: Request<Incoming>) -> Response<GatewayBody> {
     if is_reserved(request.uri().path()) {
-        return own_route(state, peer, request).await;
+        // Boxed too: the router's future is large, and rarely needed.
+        return Box::pin(own_route(state, peer, request)).await;
     }
     // Boxed once here: a request's future is a few kilobytes, and every layer
     // above would otherwise hold (and copy) it whole.

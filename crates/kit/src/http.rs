@@ -83,11 +83,22 @@ fn fresh_request_id() -> uuid::Uuid {
     uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext))
 }
 
-/// A fresh request id as a header value, without the detour through a `String`.
+/// A fresh request id as a header value.
 pub fn new_request_id_header() -> HeaderValue {
+    request_id_header(fresh_request_id())
+}
+
+/// [`new_request_id_header`] for a request that arrived `at` (a caller that
+/// has read the clock already saves reading it again).
+pub fn new_request_id_header_at(at: std::time::SystemTime) -> HeaderValue {
+    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, since_epoch.as_secs(), since_epoch.subsec_nanos());
+    request_id_header(uuid::Uuid::new_v7(ts))
+}
+
+fn request_id_header(id: uuid::Uuid) -> HeaderValue {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_bytes(fresh_request_id().hyphenated().encode_lower(&mut text).as_bytes())
-        .expect("a UUID is plain ASCII")
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes()).expect("a UUID is plain ASCII")
 }
 
 /// A fresh request id.
