@@ -9,6 +9,8 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::marker::PhantomData;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -67,20 +69,22 @@ impl<F: Future> Future for WithDeadline<F> {
     }
 }
 
-/// One request's place in the table, cleared when the request is done.
-struct Entry(usize);
+/// One request's place in its thread's table, cleared when the request is
+/// done (not `Send`: the place is in this thread's table).
+struct Entry(usize, PhantomData<Rc<()>>);
 
 impl Entry {
     fn new(at: Instant) -> Self {
-        Self(TABLE.with_borrow_mut(|table| {
+        let (key, idle_ticker) = TABLE.with_borrow_mut(|table| {
             debug_assert!(table.ticking, "deadlines need spawn_ticker on this thread");
-            if table.pending.is_empty()
-                && let Some(ticker) = table.ticker.take()
-            {
-                ticker.wake();
-            }
-            table.pending.insert(Pending { at, waker: None, expired: false })
-        }))
+            let idle_ticker = if table.pending.is_empty() { table.ticker.take() } else { None };
+            (table.pending.insert(Pending { at, waker: None, expired: false }), idle_ticker)
+        });
+        // Woken outside the borrow, as everywhere here.
+        if let Some(ticker) = idle_ticker {
+            ticker.wake();
+        }
+        Self(key, PhantomData)
     }
 
     /// Whether the deadline has passed; if not, `waker` is woken when it does.

@@ -129,10 +129,18 @@ pub async fn forward(
 ) -> Response<GatewayBody> {
     let started = Instant::now();
     let now = SystemTime::now();
-    // The client's request id when it is sane, else a fresh one (one lookup either way).
+    // The client's request id when it is sane, else a fresh one; either way
+    // the only one the backend sees (one lookup in all cases).
     let request_id = match request.headers_mut().entry(REQUEST_ID) {
-        Entry::Occupied(sent) if sane_request_id(sent.get()).is_some() => sent.get().clone(),
-        Entry::Occupied(mut sent) => sent.insert(new_request_id_header_at(now)).clone(),
+        Entry::Occupied(mut sent) => {
+            let id = match sane_request_id(sent.get()) {
+                Some(_) => sent.get().clone(),
+                None => new_request_id_header_at(now),
+            };
+            // Replaces every value sent (a duplicate must not slip through).
+            sent.insert(id.clone());
+            id
+        }
         Entry::Vacant(none) => none.insert(new_request_id_header_at(now)).clone(),
     };
     let span = tracing::info_span!("request", service = crate::NAME, request_id = request_id.to_str().unwrap_or(""),
@@ -240,8 +248,6 @@ async fn relay<'s>(
     // Whatever the client spoke, the gateway keeps its upstream connections alive.
     parts.version = Version::HTTP_11;
     let timeout = route.timeout.unwrap_or(Duration::from_millis(gateway.settings.timeout_ms));
-    // A retry on another instance gets what is left of the same time.
-    let due = Instant::now() + timeout;
     let body =
         if body.is_end_stream() { RequestBody::Empty } else { RequestBody::limited(body, gateway.settings.body_limit) };
     // Bodiless requests may be retried once on another instance when the
@@ -263,6 +269,8 @@ async fn relay<'s>(
             },
         };
         outgoing.headers_mut().insert(header::HOST, instance.host.clone());
+        // Each attempt (a retry on another instance too) gets the whole timeout.
+        let due = Instant::now() + timeout;
         let failure = match deadline::until(due, upstream::send(instance, outgoing)).await {
             Ok(Ok(response)) => {
                 let (mut head, body) = response.into_parts();

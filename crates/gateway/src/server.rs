@@ -157,11 +157,13 @@ impl Watched {
 
 impl Drop for Watched {
     fn drop(&mut self) {
-        let mut state = self.drain.0.borrow_mut();
-        state.open.remove(self.key);
-        if state.open.is_empty()
-            && let Some(drained) = state.drained.take()
-        {
+        let drained = {
+            let mut state = self.drain.0.borrow_mut();
+            state.open.remove(self.key);
+            if state.open.is_empty() { state.drained.take() } else { None }
+        };
+        // Woken outside the borrow.
+        if let Some(drained) = drained {
             drained.wake();
         }
     }
@@ -169,10 +171,15 @@ impl Drop for Watched {
 
 impl Drain {
     /// Serves `connection` until it closes, or until closing begins and its
-    /// in-flight request is answered.
-    async fn watch<C: GracefulConnection>(drain: Rc<Self>, connection: C) {
+    /// in-flight request is answered. The connection counts as open from
+    /// now, before it is first polled, so a drain waits for it too.
+    fn watch<C: GracefulConnection>(drain: Rc<Self>, connection: C) -> impl Future<Output = ()> {
         let key = drain.0.borrow_mut().open.insert(None);
         let watched = Watched { drain, key };
+        Self::serve_watched(watched, connection)
+    }
+
+    async fn serve_watched<C: GracefulConnection>(watched: Watched, connection: C) {
         let mut connection = std::pin::pin!(connection);
         let mut asked_to_close = false;
         // How a connection ends (a client gone mid-request, say) is the client's business.

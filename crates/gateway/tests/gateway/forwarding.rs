@@ -155,3 +155,27 @@ async fn metrics_count_requests_by_route_status_and_upstream_for_operators_only(
     let refused = closed.call(Method::GET, "/metrics", None).send().await.unwrap();
     problem(refused, StatusCode::FORBIDDEN, "FORBIDDEN").await;
 }
+
+#[tokio::test]
+async fn a_request_id_the_gateway_refuses_is_replaced_everywhere_and_the_backend_sees_one() {
+    let gw = TestGateway::start().await;
+    let refused = "not a sane id; <script>";
+    let response = gw.call(Method::GET, "/echo/public", None).header("X-Request-Id", refused).send().await.unwrap();
+    let answered = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(answered, refused, "a refused id is not echoed back");
+    uuid::Uuid::parse_str(&answered).expect("a fresh UUID instead");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["requestIds"], json!([answered]), "the backend gets the same fresh id, alone");
+
+    // A sane id sent twice over, with a refused one: the first, alone.
+    let response = gw
+        .call(Method::GET, "/echo/public", None)
+        .header("X-Request-Id", "trace-7")
+        .header("X-Request-Id", refused)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-7");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["requestIds"], json!(["trace-7"]));
+}

@@ -83,8 +83,11 @@ impl Echo {
                         .iter()
                         .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or(""))))
                         .collect();
+                    let request_ids: Vec<&str> =
+                        parts.headers.get_all("x-request-id").iter().map(|v| v.to_str().unwrap_or("")).collect();
                     axum::Json(json!({
                         "instance": name,
+                        "requestIds": request_ids,
                         "method": parts.method.as_str(),
                         "uri": parts.uri.to_string(),
                         "headers": headers,
