@@ -31,6 +31,9 @@ pub struct GatewaySettings {
     pub token_cache_size: usize,
     /// How long a backend may take to start answering, in milliseconds (then 504).
     pub timeout_ms: u64,
+    /// How long a client may take to send a request's head, and how long a
+    /// keep-alive connection may sit idle between requests (then it is closed).
+    pub header_timeout_ms: u64,
     /// Largest accepted request body, in bytes (then 413).
     pub body_limit: usize,
     /// How often every instance's `/health` is probed, in milliseconds.
@@ -69,6 +72,7 @@ impl Default for GatewaySettings {
             audience: "rewards".to_owned(),
             token_cache_size: 100_000,
             timeout_ms: 10_000,
+            header_timeout_ms: 30_000,
             body_limit: rewards_kit::http::DEFAULT_BODY_LIMIT,
             health_interval_ms: 2_000,
             rate_per_address: 500,

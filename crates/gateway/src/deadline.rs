@@ -6,12 +6,14 @@
 //! each serving thread keeps its requests' deadlines in a table instead, and
 //! one ticker checks them every [`TICK`] while any are pending (and sleeps
 //! while none are). A request's deadline therefore fires up to one tick late.
+//! The same table times how long a client takes to send a request's head
+//! ([`ThreadTimer`], hyper's timer for its header-read timeout).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::marker::PhantomData;
-use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -60,7 +62,7 @@ pin_project_lite::pin_project! {
 impl<F: Future> Future for WithDeadline<F> {
     type Output = Result<F::Output, Elapsed>;
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if this.entry.expired(cx.waker()) {
             return Poll::Ready(Err(Elapsed));
@@ -70,8 +72,13 @@ impl<F: Future> Future for WithDeadline<F> {
 }
 
 /// One request's place in its thread's table, cleared when the request is
-/// done (not `Send`: the place is in this thread's table).
-struct Entry(usize, PhantomData<Rc<()>>);
+/// done. hyper wants its timers `Send`, so the entry remembers its table and
+/// does nothing from another thread (the gateway never moves a connection
+/// or a request off the thread that accepted it).
+struct Entry {
+    key: usize,
+    table: u64,
+}
 
 impl Entry {
     fn new(at: Instant) -> Self {
@@ -84,13 +91,17 @@ impl Entry {
         if let Some(ticker) = idle_ticker {
             ticker.wake();
         }
-        Self(key, PhantomData)
+        Self { key, table: table_id() }
     }
 
     /// Whether the deadline has passed; if not, `waker` is woken when it does.
     fn expired(&self, waker: &Waker) -> bool {
+        if self.table != table_id() {
+            debug_assert!(false, "a deadline polled on another thread");
+            return false;
+        }
         TABLE.with_borrow_mut(|table| {
-            let pending = &mut table.pending[self.0];
+            let pending = &mut table.pending[self.key];
             if !pending.expired && !pending.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
                 pending.waker = Some(waker.clone());
             }
@@ -101,10 +112,54 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
+        if self.table != table_id() {
+            return;
+        }
         // During thread teardown the table may already be gone: nothing to clear.
-        let _ = TABLE.try_with(|table| table.borrow_mut().pending.try_remove(self.0));
+        let _ = TABLE.try_with(|table| table.borrow_mut().pending.try_remove(self.key));
     }
 }
+
+/// This thread's table, told from other threads' tables.
+fn table_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static ID: Cell<u64> = const { Cell::new(0) };
+    }
+    ID.with(|id| {
+        if id.get() == 0 {
+            id.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        id.get()
+    })
+}
+
+/// hyper's timer on this thread's deadline table (for the header-read
+/// timeout: a tokio timer per request costs several times as much).
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadTimer;
+
+impl hyper::rt::Timer for ThreadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(TableSleep(Entry::new(deadline)))
+    }
+}
+
+struct TableSleep(Entry);
+
+impl Future for TableSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.expired(cx.waker()) { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+impl hyper::rt::Sleep for TableSleep {}
 
 /// Starts this thread's ticker (on its `LocalSet`), which wakes the requests
 /// whose deadline has passed, every [`TICK`] while any are pending.
