@@ -32,7 +32,8 @@ pub struct GatewaySettings {
     /// How long a backend may take to start answering, in milliseconds (then 504).
     pub timeout_ms: u64,
     /// How long a client may take to send a request's head, and how long a
-    /// keep-alive connection may sit idle between requests (then it is closed).
+    /// keep-alive connection may sit idle between requests (then it is
+    /// closed; 0: no limit).
     pub header_timeout_ms: u64,
     /// Largest accepted request body, in bytes (then 413).
     pub body_limit: usize,

@@ -233,17 +233,18 @@ fn serve_connection(
     impl hyper::service::HttpService<Incoming, ResBody = GatewayBody, Error = Infallible>,
 > {
     // Slow clients (a head sent a byte at a time) and idle keep-alive
-    // connections are closed after this.
+    // connections are closed after this (0: never).
     let header_timeout = std::time::Duration::from_millis(state.gateway.settings.header_timeout_ms);
     let peer = Rc::new(Peer::new(peer));
     let service = hyper::service::service_fn(move |request| {
         let (state, peer) = (state.clone(), peer.clone());
         async move { Ok::<_, Infallible>(handle(&state, &peer, request).await) }
     });
-    hyper::server::conn::http1::Builder::new()
-        .timer(crate::deadline::ThreadTimer)
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), service)
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    if !header_timeout.is_zero() {
+        builder.timer(crate::deadline::ThreadTimer).header_read_timeout(header_timeout);
+    }
+    builder.serve_connection(TokioIo::new(stream), service)
 }
 
 async fn handle(state: &ThreadState, peer: &Peer, request: Request<Incoming>) -> Response<GatewayBody> {
