@@ -102,8 +102,8 @@ impl Entry {
         }
         TABLE.with_borrow_mut(|table| {
             let pending = &mut table.pending[self.key];
-            if !pending.expired && !pending.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                pending.waker = Some(waker.clone());
+            if !pending.expired {
+                keep_waker(&mut pending.waker, waker);
             }
             pending.expired
         })
@@ -117,6 +117,14 @@ impl Drop for Entry {
         }
         // During thread teardown the table may already be gone: nothing to clear.
         let _ = TABLE.try_with(|table| table.borrow_mut().pending.try_remove(self.key));
+    }
+}
+
+/// Keeps `waker` in `slot`, unless the one there already wakes the same task
+/// (a clone costs a reference count; most polls come from the same task).
+pub(crate) fn keep_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    if !slot.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
+        *slot = Some(waker.clone());
     }
 }
 

@@ -148,10 +148,10 @@ impl Service {
             // between cores, and one service's turns do not skip another's.
             static NEXT: RefCell<FastMap<u64, usize>> = RefCell::new(FastMap::default());
         }
+        let usable = |inst: &&Arc<Instance>| inst.is_healthy() && skip.is_none_or(|s| !std::ptr::eq(s, &***inst));
         let n = self.instances.len();
         if n == 1 {
-            let only = &self.instances[0];
-            return (only.is_healthy() && skip.is_none_or(|s| !std::ptr::eq(s, &**only))).then_some(only);
+            return self.instances.first().filter(usable);
         }
         let start = NEXT.with_borrow_mut(|next| {
             if next.len() > 10_000 {
@@ -161,9 +161,7 @@ impl Service {
             *turn = turn.wrapping_add(1);
             *turn
         });
-        (0..n)
-            .map(|i| &self.instances[start.wrapping_add(i) % n])
-            .find(|inst| inst.is_healthy() && skip.is_none_or(|s| !std::ptr::eq(s, &***inst)))
+        (0..n).map(|i| &self.instances[start.wrapping_add(i) % n]).find(usable)
     }
 
     pub fn spec(&self) -> &ServiceSpec {

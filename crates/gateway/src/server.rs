@@ -147,10 +147,7 @@ impl Watched {
         if state.closing {
             return true;
         }
-        let slot = &mut state.open[self.key];
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
-        }
+        crate::deadline::keep_waker(&mut state.open[self.key], waker);
         false
     }
 }

@@ -77,33 +77,25 @@ pub fn sane_request_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(text)
 }
 
-/// A fresh request id: a UUIDv7 (time-ordered, random below the millisecond;
-/// no shared counter, so threads minting ids never wait for each other).
-fn fresh_request_id() -> uuid::Uuid {
-    uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext))
-}
-
-/// A fresh request id as a header value.
-pub fn new_request_id_header() -> HeaderValue {
-    request_id_header(fresh_request_id())
-}
-
-/// [`new_request_id_header`] for a request that arrived `at` (a caller that
-/// has read the clock already saves reading it again).
-pub fn new_request_id_header_at(at: std::time::SystemTime) -> HeaderValue {
+/// The id of a request that arrived `at`: a UUIDv7 (time-ordered, random
+/// below the millisecond; no shared counter, so threads minting ids never
+/// wait for each other).
+fn request_id_at(at: std::time::SystemTime) -> uuid::Uuid {
     let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, since_epoch.as_secs(), since_epoch.subsec_nanos());
-    request_id_header(uuid::Uuid::new_v7(ts))
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, since_epoch.as_secs(), since_epoch.subsec_nanos()))
 }
 
-fn request_id_header(id: uuid::Uuid) -> HeaderValue {
+/// A fresh request id, as a header value, for a request that arrived `at`
+/// (a caller that has read the clock already need not read it again).
+pub fn new_request_id_header_at(at: std::time::SystemTime) -> HeaderValue {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = request_id_at(at);
     HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes()).expect("a UUID is plain ASCII")
 }
 
 /// A fresh request id.
 pub fn new_request_id() -> String {
-    fresh_request_id().to_string()
+    request_id_at(std::time::SystemTime::now()).to_string()
 }
 
 /// Request id, tracing span and access log in one place.

@@ -25,17 +25,23 @@ fn claims(exp_in: i64) -> AccessClaims {
     }
 }
 
+/// An EdDSA token for `claims`, signed with `key` and naming it.
+fn sign_with(key: &rewards_auth::store::KeyRecord, claims: &AccessClaims) -> String {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &encoding_key(key)).unwrap()
+}
+
+/// The auth service's current signing key.
+async fn signing_key(gw: &TestGateway) -> rewards_auth::store::KeyRecord {
+    gw.auth.keys.ring().await.unwrap().signer(chrono::Utc::now()).unwrap().clone()
+}
+
 #[tokio::test]
 async fn bad_tokens_are_401_with_a_bearer_challenge_and_never_forwarded() {
     let gw = TestGateway::start().await;
     let t = gw.tokens().await;
-    let ring = gw.auth.keys.ring().await.unwrap();
-    let real = ring.signer(chrono::Utc::now()).unwrap().clone();
-    let sign_with = |key: &rewards_auth::store::KeyRecord, claims: &AccessClaims| {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &encoding_key(key)).unwrap()
-    };
+    let real = signing_key(&gw).await;
 
     let expired = sign_with(&real, &claims(-120));
     let wrong_audience = sign_with(&real, &AccessClaims { aud: "someone-else".into(), ..claims(600) });
@@ -140,13 +146,8 @@ async fn exchange(stream: &mut tokio::net::TcpStream, path: &str, authorization:
 async fn one_connection_changing_tokens_is_each_caller_in_turn() {
     let gw = TestGateway::start().await;
     let t = gw.tokens().await;
-    let ring = gw.auth.keys.ring().await.unwrap();
-    let real = ring.signer(chrono::Utc::now()).unwrap().clone();
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some(real.kid.clone());
-    let expired = jsonwebtoken::encode(&header, &claims(-120), &encoding_key(&real)).unwrap();
-    let address = gw.gateway.base_url.trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let expired = sign_with(&signing_key(&gw).await, &claims(-120));
+    let mut stream = tokio::net::TcpStream::connect(gw.gateway.addr()).await.unwrap();
 
     let caller = |seen: &Value| {
         let proof = seen["headers"]["x-rewards-identity"].as_str().unwrap();

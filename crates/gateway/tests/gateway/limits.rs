@@ -62,7 +62,7 @@ async fn a_client_slow_to_send_its_request_head_or_idle_too_long_is_cut_off() {
     use std::time::{Duration, Instant};
     use tokio::io::AsyncWriteExt;
     let gw = TestGateway::start_with(|s| s.header_timeout_ms = 300).await;
-    let address = gw.gateway.base_url.trim_start_matches("http://").to_owned();
+    let address = gw.gateway.addr();
 
     // A head that never ends (a slow-loris client): closed after the timeout.
     let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();

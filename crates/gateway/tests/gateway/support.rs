@@ -146,6 +146,11 @@ impl GatewayUnderTest {
         format!("{}{}", self.base_url, path)
     }
 
+    /// The listening address, for raw TCP clients.
+    pub fn addr(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
+    }
+
     /// Begins the gateway's graceful shutdown.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
