@@ -373,16 +373,18 @@ async fn grant(
         updated_at: now,
     };
     let body = serde_json::to_string(&ClaimView::from_row(&row)).unwrap_or_default();
+    // The row has made the answer; its fields move on into the grant.
+    let ClaimRow { id: claim_id, user_id, event_id, reward_id, reward: snapshot, .. } = row;
     let grant = Grant {
         transition_id: crate::new_id(),
-        claim_id: row.id.clone(),
-        user_id: row.user_id.clone(),
-        event_id: row.event_id.clone(),
-        reward_id: row.reward_id.clone(),
+        claim_id: claim_id.clone(),
+        user_id,
+        event_id,
+        reward_id: reward_id.clone(),
         actor: who.sub.clone(),
         at: now,
         status,
-        reward: row.reward.clone(),
+        reward: snapshot,
         reward_version: target.reward_version,
         event_version: target.event_version,
         key: key.map(|k| (k.to_owned(), body.clone())),
@@ -390,7 +392,7 @@ async fn grant(
     let outcome = announced.grant(grant).await.map_err(|e| Problem::internal_from(format_args!("grant: {e}")))?;
     match outcome {
         Outcome::Granted => {
-            tracing::info!(claim_id = %row.id, user_id = %who.sub, reward_id = %row.reward_id, status, "reward claimed");
+            tracing::info!(%claim_id, user_id = %who.sub, %reward_id, status, "reward claimed");
             Ok(Some(Answer { status: StatusCode::CREATED, body }))
         }
         Outcome::Stale => Ok(None),
@@ -555,7 +557,7 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
     let restock =
         "UPDATE rewards SET remaining = remaining + 1 WHERE id = $1 AND stock IS NOT NULL AND remaining < stock";
     let payout = "INSERT INTO payouts (claim_id, attempts, next_attempt_at) VALUES ($1, 0, $2) \
-                  ON CONFLICT (claim_id) DO UPDATE SET attempts = 0, next_attempt_at = $2, delivered_at = NULL";
+                  ON CONFLICT (claim_id) DO UPDATE SET attempts = 0, next_attempt_at = $2";
     let insert_transitions = batch::insert_transitions(state.store().kind());
     let outcome: Result<Option<ClaimRow>, sqlx::Error> = async {
         Ok(with_write_tx!(state.store(), |tx| {
@@ -579,7 +581,7 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
                     let due_at = crate::payout::first_poll_at(now);
                     sqlx::query(payout).bind(id).bind(due_at).execute(&mut *tx).await?;
                 }
-                let moved = TransitionRow {
+                let transition = TransitionRow {
                     id: crate::new_id(),
                     claim_id: id,
                     from_status: Some(from),
@@ -588,7 +590,7 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
                     reason: reason.as_deref(),
                     at: now,
                 };
-                sqlx::query(insert_transitions).bind(batch::json(&[moved])).execute(&mut *tx).await?;
+                sqlx::query(insert_transitions).bind(batch::json(&[transition])).execute(&mut *tx).await?;
             }
             row.filter(|_| moved == 1)
         }))
