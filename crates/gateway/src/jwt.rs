@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::http::{HeaderValue, Request, Uri};
+use axum::http::{Request, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rewards_kit::Problem;
 use rewards_kit::identity::{Identity, IdentityKey, Prepared, Role, Vouched, payload_of};
@@ -89,22 +89,19 @@ impl Verified {
 /// keep-alive connection, and comparing it costs less than finding the token
 /// in the thread's cache.
 #[derive(Default)]
-pub struct LastToken(RefCell<Option<(HeaderValue, Rc<Verified>)>>);
+pub struct LastToken(RefCell<Option<(Box<[u8]>, Rc<Verified>)>>);
 
 impl LastToken {
-    fn get(&self, authorization: &HeaderValue, verifier: u64, now: i64) -> Option<Rc<Verified>> {
+    fn get(&self, authorization: &[u8], verifier: u64, now: i64) -> Option<Rc<Verified>> {
         let last = self.0.borrow();
         let (header, verified) = last.as_ref()?;
-        let same = header.as_bytes() == authorization.as_bytes() && verified.verifier == verifier && verified.exp > now;
+        let same = **header == *authorization && verified.verifier == verifier && verified.exp > now;
         same.then(|| verified.clone())
     }
 
-    fn set(&self, authorization: &HeaderValue, verified: Rc<Verified>) {
-        // A copy, not a clone: a clone would keep the connection's whole
-        // read buffer alive.
-        if let Ok(header) = HeaderValue::from_bytes(authorization.as_bytes()) {
-            *self.0.borrow_mut() = Some((header, verified));
-        }
+    fn set(&self, authorization: &[u8], verified: Rc<Verified>) {
+        // A copy: the header's bytes live in the connection's read buffer.
+        *self.0.borrow_mut() = Some((authorization.into(), verified));
     }
 }
 
@@ -155,7 +152,7 @@ impl Verifier {
     pub async fn verify_header(
         &self,
         last: &LastToken,
-        authorization: &HeaderValue,
+        authorization: &[u8],
         now: i64,
     ) -> Result<Option<Rc<Verified>>, Problem> {
         if let Some(verified) = last.get(authorization, self.id, now) {
@@ -309,11 +306,15 @@ pub fn forget_expired_here() {
 
 /// The token of an `Authorization: Bearer ...` header.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    bearer_token(headers.get(axum::http::header::AUTHORIZATION)?)
+    bearer_token(headers.get(axum::http::header::AUTHORIZATION)?.as_bytes())
 }
 
 /// The token of an `Authorization` header's value, if it is a bearer token.
-fn bearer_token(value: &HeaderValue) -> Option<&str> {
-    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+fn bearer_token(value: &[u8]) -> Option<&str> {
+    // Visible ASCII only, as `HeaderValue::to_str` takes it.
+    if !value.iter().all(|b| *b == b'\t' || (32..127).contains(b)) {
+        return None;
+    }
+    let (scheme, token) = std::str::from_utf8(value).ok()?.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }

@@ -15,10 +15,12 @@ mod health;
 mod jwt;
 mod limits;
 mod metrics;
+mod plain;
 mod proxy;
 pub mod registry;
 mod server;
 mod upstream;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -84,7 +84,7 @@ impl Here {
 
     /// The current registry. Taken anew only after a change, so a request
     /// touches no reference count that another core writes too.
-    fn registry(&self, gateway: &Gateway) -> Rc<Snapshot> {
+    pub(crate) fn registry(&self, gateway: &Gateway) -> Rc<Snapshot> {
         let version = gateway.registry_version.load(Ordering::Acquire);
         let mut snapshot = self.registry.borrow_mut();
         if snapshot.0 != version {
@@ -98,7 +98,7 @@ impl Here {
 pub struct Peer {
     pub addr: SocketAddr,
     /// `X-Forwarded-For`: the gateway is the edge, so the peer is the client.
-    forwarded_for: HeaderValue,
+    pub(crate) forwarded_for: HeaderValue,
     /// The identity proof prepared for an anonymous caller from this address.
     anonymous: OnceCell<Rc<Prepared>>,
     last_token: LastToken,
@@ -170,7 +170,10 @@ async fn route_and_relay(
         here.metrics.record(service, None, None, response.status(), started.elapsed());
         return response;
     };
-    let (response, upstream) = match admit(gateway, route, peer, request.headers(), now).await {
+    let headers = request.headers();
+    let (authorization, length) = (headers.get(header::AUTHORIZATION), headers.get(header::CONTENT_LENGTH));
+    let admitted = admit(gateway, route, peer, authorization.map(HeaderValue::as_bytes), length, now).await;
+    let (response, upstream) = match admitted {
         Ok(caller) => relay(gateway, service, route, peer, caller, request, now).await,
         Err(problem) => (local(problem), None),
     };
@@ -178,17 +181,19 @@ async fn route_and_relay(
     response
 }
 
-/// Limits, authentication and authorization: who is calling, if allowed.
-async fn admit(
+/// Limits, authentication and authorization: who is calling, if allowed
+/// (`authorization` and `content_length` as the client sent them).
+pub(crate) async fn admit(
     gateway: &Gateway,
     route: &Route,
     peer: &Peer,
-    headers: &HeaderMap,
+    authorization: Option<&[u8]>,
+    content_length: Option<&HeaderValue>,
     now: SystemTime,
 ) -> Result<Option<Rc<Verified>>, Problem> {
     gateway.limits.check_address(peer.addr.ip())?;
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let caller = match headers.get(header::AUTHORIZATION) {
+    let caller = match authorization {
         Some(authorization) => match gateway.verifier.verify_header(&peer.last_token, authorization, now).await {
             Ok(verified) => verified,
             // A stale token sent to a public route (a login page, say) is ignored.
@@ -203,8 +208,7 @@ async fn admit(
     if let Some(caller) = &caller {
         gateway.limits.check_user(&caller.identity.sub)?;
     }
-    let too_large = headers
-        .get(header::CONTENT_LENGTH)
+    let too_large = content_length
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .is_some_and(|len| len > gateway.settings.body_limit as u64);
     if too_large {
@@ -215,6 +219,40 @@ async fn admit(
 
 fn too_large_problem() -> Problem {
     Problem::new(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::PayloadTooLarge, "the request body is too large")
+}
+
+pub(crate) fn no_healthy_instance(service: &Service) -> Problem {
+    Problem::unavailable(format!("{} has no healthy instance", service.name), 1)
+}
+
+pub(crate) fn unreachable(service: &Service) -> Problem {
+    Problem::unavailable(format!("{} is unreachable", service.name), 1)
+}
+
+pub(crate) fn timed_out(service: &Service) -> Problem {
+    Problem::new(StatusCode::GATEWAY_TIMEOUT, ProblemCode::GatewayTimeout, format!("{} did not answer in time", service.name))
+}
+
+pub(crate) fn failed_to_answer(service: &Service) -> Problem {
+    Problem::new(StatusCode::BAD_GATEWAY, ProblemCode::BadGateway, format!("{} failed to answer", service.name))
+}
+
+/// The identity proof for the backend: the caller (or an anonymous one) and
+/// the client's address, over the method and the path the backend sees.
+pub(crate) fn vouch(
+    gateway: &Gateway,
+    peer: &Peer,
+    caller: Option<&Verified>,
+    method: &Method,
+    path_and_query: &str,
+    now: SystemTime,
+) -> HeaderValue {
+    let key = &gateway.identity_key;
+    let prepared = match caller {
+        Some(caller) => caller.prepared_for(peer.addr.ip(), key),
+        None => peer.anonymous(key),
+    };
+    key.sign_prepared_at(&prepared, method, path_and_query, now)
 }
 
 /// Sends the request to a healthy instance and relays the answer.
@@ -228,19 +266,13 @@ async fn relay<'s>(
     now: SystemTime,
 ) -> (Response<GatewayBody>, Option<&'s Instance>) {
     let Some(mut instance) = service.pick(None).map(|i| &**i) else {
-        let problem = Problem::unavailable(format!("{} has no healthy instance", service.name), 1);
-        return (local(problem), None);
+        return (local(no_healthy_instance(service)), None);
     };
     let (mut parts, body) = request.into_parts();
-    let path_and_query = backend_path(&parts.uri, service.prefix.len());
+    let path_and_query = backend_path(parts.uri.path(), parts.uri.query(), service.prefix.len());
     rewrite_request_headers(&mut parts.headers, peer);
-    // Vouch for the caller and the client's address, over the path the backend sees.
-    let key = &gateway.identity_key;
-    let prepared = match &caller {
-        Some(caller) => caller.prepared_for(peer.addr.ip(), key),
-        None => peer.anonymous(key),
-    };
-    parts.headers.insert(IDENTITY_HEADER, key.sign_prepared_at(&prepared, &parts.method, &path_and_query, now));
+    let proof = vouch(gateway, peer, caller.as_deref(), &parts.method, &path_and_query, now);
+    parts.headers.insert(IDENTITY_HEADER, proof);
     parts.uri = match Uri::try_from(path_and_query) {
         Ok(uri) => uri,
         Err(_) => return (local(Problem::not_found("no route for this path")), None),
@@ -262,10 +294,7 @@ async fn relay<'s>(
             Some(request) => request,
             None => match spare.take() {
                 Some(parts) => Request::from_parts(parts, RequestBody::Empty),
-                None => {
-                    let problem = Problem::unavailable(format!("{} is unreachable", service.name), 1);
-                    return (local(problem), Some(instance));
-                }
+                None => return (local(unreachable(service)), Some(instance)),
             },
         };
         outgoing.headers_mut().insert(header::HOST, instance.host.clone());
@@ -280,12 +309,7 @@ async fn relay<'s>(
             Ok(Err(failure)) => failure,
             Err(_) => {
                 tracing::warn!(service = %service.name, instance = %instance.url, ?timeout, "upstream timed out");
-                let problem = Problem::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ProblemCode::GatewayTimeout,
-                    format!("{} did not answer in time", service.name),
-                );
-                return (local(problem), Some(instance));
+                return (local(timed_out(service)), Some(instance));
             }
         };
         match failure {
@@ -294,31 +318,23 @@ async fn relay<'s>(
                 crate::health::mark(service, instance, false);
                 match service.pick(Some(instance)).filter(|_| retryable) {
                     Some(other) => instance = other,
-                    None => {
-                        let problem = Problem::unavailable(format!("{} is unreachable", service.name), 1);
-                        return (local(problem), Some(instance));
-                    }
+                    None => return (local(unreachable(service)), Some(instance)),
                 }
             }
             failure if failure.is_too_large() => return (local(too_large_problem()), Some(instance)),
             Failure::Exchange(err) => {
                 tracing::warn!(service = %service.name, instance = %instance.url, error = %err, "upstream failed");
-                let problem = Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    ProblemCode::BadGateway,
-                    format!("{} failed to answer", service.name),
-                );
-                return (local(problem), Some(instance));
+                return (local(failed_to_answer(service)), Some(instance));
             }
         }
     }
 }
 
 /// The path and query the backend sees: the request's, without the prefix.
-fn backend_path(uri: &Uri, prefix_len: usize) -> String {
-    let rest = &uri.path()[prefix_len..];
+pub(crate) fn backend_path(path: &str, query: Option<&str>, prefix_len: usize) -> String {
+    let rest = &path[prefix_len..];
     let rest = if rest.is_empty() { "/" } else { rest };
-    match uri.query() {
+    match query {
         Some(query) => {
             let mut path = String::with_capacity(rest.len() + 1 + query.len());
             path.push_str(rest);

@@ -11,7 +11,6 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,10 +35,10 @@ use crate::proxy::{self, Here, Peer};
 use crate::registry::is_reserved;
 
 /// What every request on one serving thread shares.
-struct ThreadState {
-    gateway: Arc<Gateway>,
+pub(crate) struct ThreadState {
+    pub(crate) gateway: Arc<Gateway>,
     own: Router,
-    here: Here,
+    pub(crate) here: Here,
 }
 
 /// Serves on every listener until `shutdown`, then lets in-flight requests
@@ -99,8 +98,9 @@ async fn serve_thread(state: ThreadState, listener: std::net::TcpListener, shutd
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = serve_connection(state.clone(), stream, peer);
-                    tokio::task::spawn_local(Drain::watch(connections.clone(), connection));
+                    // Counted as open from now, before its task first runs, so a drain waits for it too.
+                    let watched = Drain::watch(&connections);
+                    tokio::task::spawn_local(crate::plain::serve(state.clone(), stream, peer, watched));
                 }
                 Err(err) => {
                     // Out of file descriptors, say: back off instead of spinning.
@@ -135,14 +135,19 @@ struct DrainState {
 }
 
 /// A connection's place among the open ones, given up when it closes.
-struct Watched {
+pub(crate) struct Watched {
     drain: Rc<Drain>,
     key: usize,
 }
 
 impl Watched {
+    /// Whether closing has begun.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.drain.0.borrow().closing
+    }
+
     /// Whether closing has begun; if not, `waker` is woken when it does.
-    fn closing(&self, waker: &Waker) -> bool {
+    pub(crate) fn closing(&self, waker: &Waker) -> bool {
         let mut state = self.drain.0.borrow_mut();
         if state.closing {
             return true;
@@ -167,16 +172,15 @@ impl Drop for Watched {
 }
 
 impl Drain {
-    /// Serves `connection` until it closes, or until closing begins and its
-    /// in-flight request is answered. The connection counts as open from
-    /// now, before it is first polled, so a drain waits for it too.
-    fn watch<C: GracefulConnection>(drain: Rc<Self>, connection: C) -> impl Future<Output = ()> {
+    /// A new open connection, counted until its `Watched` is dropped.
+    fn watch(drain: &Rc<Self>) -> Watched {
         let key = drain.0.borrow_mut().open.insert(None);
-        let watched = Watched { drain, key };
-        Self::serve_watched(watched, connection)
+        Watched { drain: drain.clone(), key }
     }
 
-    async fn serve_watched<C: GracefulConnection>(watched: Watched, connection: C) {
+    /// Serves a hyper `connection` until it closes, or until closing begins
+    /// and its in-flight request is answered.
+    async fn serve_watched<C: GracefulConnection>(watched: &Watched, connection: C) {
         let mut connection = std::pin::pin!(connection);
         let mut asked_to_close = false;
         // How a connection ends (a client gone mid-request, say) is the client's business.
@@ -221,18 +225,29 @@ async fn upkeep() {
     }
 }
 
-fn serve_connection(
+/// Serves the rest of a client connection with hyper (see [`crate::plain`]
+/// for which connections come here), until it closes or the drain ends it.
+pub(crate) async fn serve_with_hyper<I>(state: Rc<ThreadState>, peer: Rc<Peer>, io: I, watched: &Watched)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    Drain::serve_watched(watched, hyper_connection(state, io, peer)).await
+}
+
+fn hyper_connection<I>(
     state: Rc<ThreadState>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    io: I,
+    peer: Rc<Peer>,
 ) -> hyper::server::conn::http1::Connection<
-    TokioIo<tokio::net::TcpStream>,
+    TokioIo<I>,
     impl hyper::service::HttpService<Incoming, ResBody = GatewayBody, Error = Infallible>,
-> {
+>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     // Slow clients (a head sent a byte at a time) and idle keep-alive
     // connections are closed after this (0: never).
     let header_timeout = std::time::Duration::from_millis(state.gateway.settings.header_timeout_ms);
-    let peer = Rc::new(Peer::new(peer));
     let service = hyper::service::service_fn(move |request| {
         let (state, peer) = (state.clone(), peer.clone());
         async move { Ok::<_, Infallible>(handle(&state, &peer, request).await) }
@@ -241,7 +256,7 @@ fn serve_connection(
     if !header_timeout.is_zero() {
         builder.timer(crate::deadline::ThreadTimer).header_read_timeout(header_timeout);
     }
-    builder.serve_connection(TokioIo::new(stream), service)
+    builder.serve_connection(TokioIo::new(io), service)
 }
 
 async fn handle(state: &ThreadState, peer: &Peer, request: Request<Incoming>) -> Response<GatewayBody> {

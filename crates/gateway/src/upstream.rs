@@ -107,6 +107,9 @@ struct Idle {
 thread_local! {
     /// This thread's idle connections, by instance id.
     static POOLS: RefCell<FastMap<u64, Vec<Idle>>> = RefCell::new(FastMap::default());
+    /// This thread's idle connections of the gateway's own HTTP/1 code
+    /// ([`crate::plain`]), by instance id.
+    static RAW_POOLS: RefCell<FastMap<u64, Vec<(TcpStream, Instant)>>> = RefCell::new(FastMap::default());
 }
 
 /// Why a request did not get an answer from the instance.
@@ -185,14 +188,58 @@ fn put_idle(instance: u64, sender: Sender) {
     });
 }
 
-async fn connect(instance: &Instance) -> Result<Sender, Failure> {
+/// A new TCP connection to `instance`, or why there is none.
+pub async fn open(instance: &Instance) -> Result<TcpStream, String> {
     let connecting = TcpStream::connect(instance.authority.as_str());
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return Err(Failure::Connect(err.to_string())),
-        Err(_) => return Err(Failure::Connect(format!("no connection within {CONNECT_TIMEOUT:?}"))),
+        Ok(Err(err)) => return Err(err.to_string()),
+        Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The most recently used idle connection of the gateway's own HTTP/1
+/// code to `instance` that still looks open.
+pub fn take_raw(instance: u64) -> Option<TcpStream> {
+    RAW_POOLS.with_borrow_mut(|pools| {
+        let idle = pools.get_mut(&instance)?;
+        while let Some((stream, _)) = idle.pop() {
+            if looks_open(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    })
+}
+
+pub fn put_raw(instance: u64, stream: TcpStream) {
+    RAW_POOLS.with_borrow_mut(|pools| {
+        let idle = pools.entry(instance).or_default();
+        if idle.len() < MAX_IDLE {
+            idle.push((stream, Instant::now()));
+        }
+    });
+}
+
+/// An idle connection has nothing to read: if the runtime saw it become
+/// readable, the backend closed it (or sent something unasked). Costs a
+/// system call only then.
+fn looks_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            matches!(stream.try_read(&mut byte), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+async fn connect(instance: &Instance) -> Result<Sender, Failure> {
+    let stream = open(instance).await.map_err(Failure::Connect)?;
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -212,6 +259,12 @@ pub fn close_idle_here() {
     POOLS.with_borrow_mut(|pools| {
         for idle in pools.values_mut() {
             idle.retain(|i| i.since.elapsed() < IDLE_TIMEOUT && !i.sender.is_closed());
+        }
+        pools.retain(|_, idle| !idle.is_empty());
+    });
+    RAW_POOLS.with_borrow_mut(|pools| {
+        for idle in pools.values_mut() {
+            idle.retain(|(stream, since)| since.elapsed() < IDLE_TIMEOUT && looks_open(stream));
         }
         pools.retain(|_, idle| !idle.is_empty());
     });

@@ -71,10 +71,14 @@ fn panic_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// letters, digits and `-_.:`. Anything else is replaced.
 pub fn sane_request_id(value: &HeaderValue) -> Option<&str> {
     let text = value.to_str().ok()?;
-    let ok = !text.is_empty()
-        && text.len() <= 128
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    ok.then_some(text)
+    is_sane_request_id(text.as_bytes()).then_some(text)
+}
+
+/// [`sane_request_id`] for a header value as the bytes that were sent.
+pub fn is_sane_request_id(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// The id of a request that arrived `at`: a UUIDv7 (time-ordered, random
@@ -88,9 +92,15 @@ fn request_id_at(at: std::time::SystemTime) -> uuid::Uuid {
 /// A fresh request id, as a header value, for a request that arrived `at`
 /// (a caller that has read the clock already need not read it again).
 pub fn new_request_id_header_at(at: std::time::SystemTime) -> HeaderValue {
+    HeaderValue::from_bytes(&new_request_id_text_at(at)).expect("a UUID is plain ASCII")
+}
+
+/// A fresh request id for a request that arrived `at`, as its text's bytes
+/// (for a caller that writes it out itself).
+pub fn new_request_id_text_at(at: std::time::SystemTime) -> [u8; uuid::fmt::Hyphenated::LENGTH] {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = request_id_at(at);
-    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes()).expect("a UUID is plain ASCII")
+    request_id_at(at).hyphenated().encode_lower(&mut text);
+    text
 }
 
 /// A fresh request id.

@@ -368,10 +368,14 @@ fn hex_lower(bytes: &[u8]) -> String {
 /// Headers a client might send to pass itself off as someone: the gateway
 /// removes all of them from every request before forwarding.
 pub fn is_identity_header(name: &str) -> bool {
-    let starts_with = |prefix: &str| {
-        name.len() >= prefix.len() && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-    };
-    starts_with("x-user-") || starts_with("x-rewards-") || starts_with("x-internal-")
+    is_identity_header_bytes(name.as_bytes())
+}
+
+/// [`is_identity_header`] for a name as the bytes that were sent.
+pub fn is_identity_header_bytes(name: &[u8]) -> bool {
+    let starts_with =
+        |prefix: &[u8]| name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix);
+    starts_with(b"x-user-") || starts_with(b"x-rewards-") || starts_with(b"x-internal-")
 }
 
 /// Removes every identity header a client sent.
