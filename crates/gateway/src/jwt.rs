@@ -89,7 +89,10 @@ impl Verified {
 /// keep-alive connection, and comparing it costs less than finding the token
 /// in the thread's cache.
 #[derive(Default)]
-pub struct LastToken(RefCell<Option<(Box<[u8]>, Rc<Verified>)>>);
+pub struct LastToken(RefCell<Option<Remembered>>);
+
+/// An `Authorization` header's bytes and the token it proved.
+type Remembered = (Box<[u8]>, Rc<Verified>);
 
 impl LastToken {
     fn get(&self, authorization: &[u8], verifier: u64, now: i64) -> Option<Rc<Verified>> {

@@ -18,7 +18,7 @@
 //! oversized head) hands the connection, with the bytes already read, to
 //! hyper for the rest of its life.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -48,8 +48,12 @@ use crate::wire::{self, Answer, Chunks, Framing, MAX_HEADERS, Plain};
 /// [`MAX_HEAD`]; a head larger than that goes to hyper (which refuses it).
 const INBOUND_START: usize = 4096;
 const MAX_HEAD: usize = 64 * 1024;
-/// Upstream answers are read (and their bodies relayed) this much at a time.
+/// Upstream answers are read (and bodies relayed) this much at a time.
 const UPSTREAM_BUFFER: usize = 16 * 1024;
+/// The most of an unforwarded request body (one refused at the gateway, a
+/// 401 say) read and dropped to keep its connection; after more, the
+/// connection is closed instead.
+const DISCARD_MAX: u64 = 64 * 1024;
 
 /// Serves one client connection: plain requests here, one after another,
 /// until the client or the drain closes it or a request needs hyper.
@@ -70,8 +74,11 @@ pub async fn serve(state: Rc<ThreadState>, stream: TcpStream, peer: SocketAddr, 
                     Ok(httparse::Status::Complete(len)) => {
                         match wire::classify(&request).filter(|plain| !is_reserved(plain.path)) {
                             Some(plain) => {
-                                let keep = serve_request(&state, &peer, &mut client, &request, &plain).await;
-                                inbound.consume(len);
+                                // What of the body has arrived with the head.
+                                let after = &inbound.pending()[len..];
+                                let body_here = &after[..plain.body_length.min(after.len() as u64) as usize];
+                                let keep = serve_request(&state, &peer, &mut client, &request, &plain, body_here).await;
+                                inbound.consume(len + body_here.len());
                                 if !keep || watched.is_closing() {
                                     return;
                                 }
@@ -191,6 +198,7 @@ async fn serve_request(
     client: &mut Client,
     request: &httparse::Request<'_, '_>,
     plain: &Plain<'_>,
+    body_here: &[u8],
 ) -> bool {
     let started = Instant::now();
     let now = SystemTime::now();
@@ -206,7 +214,9 @@ async fn serve_request(
     };
     let span = tracing::info_span!("request", service = crate::NAME,
         request_id = std::str::from_utf8(request_id).unwrap_or(""), method = %plain.method, path = plain.path);
-    let exchange = Exchange { state, peer, plain, headers: request.headers, request_id, started, now };
+    let unread = Cell::new(plain.body_length - body_here.len() as u64);
+    let exchange =
+        Exchange { state, peer, plain, headers: request.headers, request_id, body_here, unread, started, now };
     let mut scratch = Scratch::take();
     let served = AssertUnwindSafe(exchange.run(client, &mut scratch).instrument(span.clone())).catch_unwind().await;
     let served = match served {
@@ -221,7 +231,34 @@ async fn serve_request(
         }
     };
     log_served(&span, served.status, started);
+    // A body the backend did not get is read to its end, so that the next
+    // request's head is where the connection goes on.
+    let unread = exchange.unread.get();
+    if served.keep && unread > 0 {
+        let timeout = Duration::from_millis(state.gateway.settings.header_timeout_ms);
+        return discard(client, unread, &mut scratch, timeout).await;
+    }
     served.keep
+}
+
+/// Reads and drops `len` bytes of a request body; whether they all came.
+async fn discard(client: &mut Client, len: u64, scratch: &mut Scratch, timeout: Duration) -> bool {
+    let reading = async {
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(scratch.up.len() as u64) as usize;
+            match client.stream.read(&mut scratch.up[..want]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => left -= n as u64,
+            }
+        }
+        true
+    };
+    if timeout.is_zero() {
+        reading.await
+    } else {
+        deadline::until(Instant::now() + timeout, reading).await.unwrap_or(false)
+    }
 }
 
 /// One plain request on its way through the pipeline.
@@ -231,6 +268,10 @@ struct Exchange<'a> {
     plain: &'a Plain<'a>,
     headers: &'a [httparse::Header<'a>],
     request_id: &'a [u8],
+    /// The part of the body that came with the head.
+    body_here: &'a [u8],
+    /// The part of the body still to be read from the client.
+    unread: Cell<u64>,
     started: Instant,
     now: SystemTime,
 }
@@ -242,6 +283,8 @@ enum Failure {
     /// A kept-alive connection turned out closed before any answer came.
     Stale(String),
     Exchange(String),
+    /// The client went away in the middle of sending its body.
+    ClientGone,
 }
 
 /// An upstream connection whose answer's head has been read (the client's
@@ -262,20 +305,21 @@ impl Exchange<'_> {
         let registry = here.registry(gateway);
         let Some((service, rest)) = registry.resolve(plain.path) else {
             let problem = Problem::not_found(format!("no route for {}", plain.path));
-            return self.answer_locally(client, scratch, problem, plain.close).await;
+            return self.answer_locally(client, scratch, problem, self.close_after_local()).await;
         };
         // A path under a known prefix that no rule names is never forwarded.
         let Some(route) = service.route(&plain.method, rest) else {
             let problem = Problem::not_found(format!("no route for {} {}", plain.method, plain.path));
-            let served = self.answer_locally(client, scratch, problem, plain.close).await;
+            let served = self.answer_locally(client, scratch, problem, self.close_after_local()).await;
             here.metrics.record(service, None, None, served.status, self.started.elapsed());
             return served;
         };
-        let (served, upstream) = match proxy::admit(gateway, route, self.peer, plain.authorization, None, self.now).await
-        {
-            Ok(caller) => self.relay(client, scratch, service, route, caller.as_deref()).await,
-            Err(problem) => (self.answer_locally(client, scratch, problem, plain.close).await, None),
-        };
+        let length = (plain.body_length > 0).then_some(plain.body_length);
+        let (served, upstream) =
+            match proxy::admit(gateway, route, self.peer, plain.authorization, length, self.now).await {
+                Ok(caller) => self.relay(client, scratch, service, route, caller.as_deref()).await,
+                Err(problem) => (self.answer_locally(client, scratch, problem, self.close_after_local()).await, None),
+            };
         here.metrics.record(service, Some(route), upstream, served.status, self.started.elapsed());
         served
     }
@@ -291,14 +335,19 @@ impl Exchange<'_> {
     ) -> (Served, Option<&'s Instance>) {
         let (gateway, plain) = (&*self.state.gateway, self.plain);
         let Some(mut instance) = service.pick(None).map(|i| &**i) else {
-            return (self.answer_locally(client, scratch, proxy::no_healthy_instance(service), plain.close).await, None);
+            return (
+                self.answer_locally(client, scratch, proxy::no_healthy_instance(service), self.close_after_local())
+                    .await,
+                None,
+            );
         };
         let path_and_query = proxy::backend_path(plain.path, plain.query, service.prefix.len());
         let proof = proxy::vouch(gateway, self.peer, caller, &plain.method, &path_and_query, self.now);
         let timeout = route.timeout.unwrap_or(Duration::from_millis(gateway.settings.timeout_ms));
         // A GET or HEAD may go to another instance when the first cannot be
         // reached (nothing was sent, so nothing happens twice).
-        let elsewhere = service.instances.len() > 1 && matches!(plain.method, Method::GET | Method::HEAD);
+        let elsewhere =
+            service.instances.len() > 1 && matches!(plain.method, Method::GET | Method::HEAD) && plain.body_length == 0;
         let mut fresh_connection = false;
         loop {
             scratch.out.clear();
@@ -311,21 +360,32 @@ impl Exchange<'_> {
             ];
             let host = instance.host.as_bytes();
             wire::write_upstream_head(&mut scratch.out, plain, &path_and_query, host, self.headers, &ours);
+            // What of the body is here goes out with the head.
+            scratch.out.extend_from_slice(self.body_here);
             // Each attempt (a retry on another instance too) gets the whole timeout.
             let due = Instant::now() + timeout;
-            let failure = match deadline::until(due, self.exchange(instance, scratch, fresh_connection)).await {
-                Ok(Ok(upstream)) => return (self.relay_answer(client, scratch, instance, upstream).await, Some(instance)),
+            let failure = match deadline::until(due, self.exchange(client, instance, scratch, fresh_connection)).await {
+                Ok(Ok(upstream)) => {
+                    return (self.relay_answer(client, scratch, instance, upstream).await, Some(instance));
+                }
                 Ok(Err(failure)) => failure,
                 Err(deadline::Elapsed) => {
                     tracing::warn!(service = %service.name, instance = %instance.url, ?timeout, "upstream timed out");
                     let problem = proxy::timed_out(service);
-                    return (self.answer_locally(client, scratch, problem, plain.close).await, Some(instance));
+                    return (
+                        self.answer_locally(client, scratch, problem, self.close_after_local()).await,
+                        Some(instance),
+                    );
                 }
             };
             match failure {
                 // The backend closed a kept-alive connection as the request
                 // went out: once more on a new connection, when that is safe.
-                Failure::Stale(_) if plain.is_idempotent() && !fresh_connection => fresh_connection = true,
+                Failure::Stale(_) if plain.is_repeatable() && !fresh_connection => fresh_connection = true,
+                // Nobody to answer.
+                Failure::ClientGone => {
+                    return (Served { status: StatusCode::BAD_REQUEST, keep: false }, Some(instance));
+                }
                 Failure::Connect(err) => {
                     tracing::warn!(service = %service.name, instance = %instance.url, error = %err, "instance unreachable");
                     crate::health::mark(service, instance, false);
@@ -333,14 +393,20 @@ impl Exchange<'_> {
                         Some(other) => instance = other,
                         None => {
                             let problem = proxy::unreachable(service);
-                            return (self.answer_locally(client, scratch, problem, plain.close).await, Some(instance));
+                            return (
+                                self.answer_locally(client, scratch, problem, self.close_after_local()).await,
+                                Some(instance),
+                            );
                         }
                     }
                 }
                 Failure::Stale(err) | Failure::Exchange(err) => {
                     tracing::warn!(service = %service.name, instance = %instance.url, error = %err, "upstream failed");
                     let problem = proxy::failed_to_answer(service);
-                    return (self.answer_locally(client, scratch, problem, plain.close).await, Some(instance));
+                    return (
+                        self.answer_locally(client, scratch, problem, self.close_after_local()).await,
+                        Some(instance),
+                    );
                 }
             }
         }
@@ -348,7 +414,13 @@ impl Exchange<'_> {
 
     /// Writes the upstream request (in `scratch.out`) on a pooled or new
     /// connection and reads the answer's head, skipping interim (1xx) ones.
-    async fn exchange(&self, instance: &Instance, scratch: &mut Scratch, fresh: bool) -> Result<Upstream, Failure> {
+    async fn exchange(
+        &self,
+        client: &mut Client,
+        instance: &Instance,
+        scratch: &mut Scratch,
+        fresh: bool,
+    ) -> Result<Upstream, Failure> {
         let pooled = if fresh { None } else { upstream::take_raw(instance.id) };
         let reused = pooled.is_some();
         let mut stream = match pooled {
@@ -359,6 +431,16 @@ impl Exchange<'_> {
         };
         let lost = |why: String| if reused { Failure::Stale(why) } else { Failure::Exchange(why) };
         stream.write_all(&scratch.out).await.map_err(|err| lost(err.to_string()))?;
+        // The rest of the body, streamed from the client as it comes.
+        while self.unread.get() > 0 {
+            let want = self.unread.get().min(scratch.up.len() as u64) as usize;
+            let n = match client.stream.read(&mut scratch.up[..want]).await {
+                Ok(0) | Err(_) => return Err(Failure::ClientGone),
+                Ok(n) => n,
+            };
+            self.unread.set(self.unread.get() - n as u64);
+            stream.write_all(&scratch.up[..n]).await.map_err(|err| Failure::Exchange(err.to_string()))?;
+        }
         let (mut start, mut filled) = (0, 0);
         loop {
             if filled == scratch.up.len() {
@@ -478,8 +560,20 @@ impl Exchange<'_> {
         Served { status, keep: !close }
     }
 
+    /// Whether a connection ends after an answer the gateway makes itself:
+    /// when the client asked, or when too much of its body is left to read.
+    fn close_after_local(&self) -> bool {
+        self.plain.close || self.unread.get() > DISCARD_MAX
+    }
+
     /// An answer the gateway makes itself (problem+json).
-    async fn answer_locally(&self, client: &mut Client, scratch: &mut Scratch, problem: Problem, close: bool) -> Served {
+    async fn answer_locally(
+        &self,
+        client: &mut Client,
+        scratch: &mut Scratch,
+        problem: Problem,
+        close: bool,
+    ) -> Served {
         let (parts, body) = crate::body::local(problem).into_parts();
         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let out = &mut scratch.out;
@@ -517,7 +611,8 @@ const MAX_SPARE: usize = 256;
 
 impl Scratch {
     fn take() -> ScratchGuard {
-        let scratch = SPARE.with_borrow_mut(Vec::pop)
+        let scratch = SPARE
+            .with_borrow_mut(Vec::pop)
             .unwrap_or_else(|| Scratch { up: vec![0; UPSTREAM_BUFFER], out: Vec::with_capacity(2048) });
         ScratchGuard(Some(scratch))
     }

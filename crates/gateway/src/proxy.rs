@@ -171,8 +171,9 @@ async fn route_and_relay(
         return response;
     };
     let headers = request.headers();
-    let (authorization, length) = (headers.get(header::AUTHORIZATION), headers.get(header::CONTENT_LENGTH));
-    let admitted = admit(gateway, route, peer, authorization.map(HeaderValue::as_bytes), length, now).await;
+    let authorization = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let admitted = admit(gateway, route, peer, authorization, length, now).await;
     let (response, upstream) = match admitted {
         Ok(caller) => relay(gateway, service, route, peer, caller, request, now).await,
         Err(problem) => (local(problem), None),
@@ -182,13 +183,13 @@ async fn route_and_relay(
 }
 
 /// Limits, authentication and authorization: who is calling, if allowed
-/// (`authorization` and `content_length` as the client sent them).
+/// (`authorization` as the client sent it, `content_length` when it declared one).
 pub(crate) async fn admit(
     gateway: &Gateway,
     route: &Route,
     peer: &Peer,
     authorization: Option<&[u8]>,
-    content_length: Option<&HeaderValue>,
+    content_length: Option<u64>,
     now: SystemTime,
 ) -> Result<Option<Rc<Verified>>, Problem> {
     gateway.limits.check_address(peer.addr.ip())?;
@@ -208,16 +209,13 @@ pub(crate) async fn admit(
     if let Some(caller) = &caller {
         gateway.limits.check_user(&caller.identity.sub)?;
     }
-    let too_large = content_length
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|len| len > gateway.settings.body_limit as u64);
-    if too_large {
+    if content_length.is_some_and(|len| len > gateway.settings.body_limit as u64) {
         return Err(too_large_problem());
     }
     Ok(caller)
 }
 
-fn too_large_problem() -> Problem {
+pub(crate) fn too_large_problem() -> Problem {
     Problem::new(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::PayloadTooLarge, "the request body is too large")
 }
 
@@ -230,7 +228,11 @@ pub(crate) fn unreachable(service: &Service) -> Problem {
 }
 
 pub(crate) fn timed_out(service: &Service) -> Problem {
-    Problem::new(StatusCode::GATEWAY_TIMEOUT, ProblemCode::GatewayTimeout, format!("{} did not answer in time", service.name))
+    Problem::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        ProblemCode::GatewayTimeout,
+        format!("{} did not answer in time", service.name),
+    )
 }
 
 pub(crate) fn failed_to_answer(service: &Service) -> Problem {

@@ -24,22 +24,25 @@ pub struct Plain<'b> {
     pub authorization: Option<&'b [u8]>,
     pub request_id: Option<&'b [u8]>,
     pub host: Option<&'b [u8]>,
+    /// The body's `Content-Length` (0: no body).
+    pub body_length: u64,
     /// The client asked to close the connection after this request.
     pub close: bool,
 }
 
 impl Plain<'_> {
     /// Retried on a new connection when a kept-alive one turns out closed
-    /// (RFC 9110 §9.2.2: safe to repeat).
-    pub fn is_idempotent(&self) -> bool {
-        matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    /// (RFC 9110 §9.2.2: safe to repeat, and no body that was read and sent).
+    pub fn is_repeatable(&self) -> bool {
+        self.body_length == 0 && matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
     }
 }
 
 /// The request as the gateway's own code serves it, or `None` when hyper
-/// should: HTTP/1.0, a body (any length but 0, any transfer coding), `Expect`,
-/// `Upgrade`, `Connection` options other than keep-alive/close, a request
-/// target not in origin form, or a duplicated `Host` or `Authorization`.
+/// should: HTTP/1.0, a body not framed by one `Content-Length` (a transfer
+/// coding), `Expect`, `Upgrade`, `Connection` options other than
+/// keep-alive/close, a request target not in origin form, or a duplicated
+/// `Host` or `Authorization`.
 pub fn classify<'b>(request: &httparse::Request<'_, 'b>) -> Option<Plain<'b>> {
     if request.version != Some(1) {
         return None;
@@ -53,11 +56,14 @@ pub fn classify<'b>(request: &httparse::Request<'_, 'b>) -> Option<Plain<'b>> {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
-    let mut plain = Plain { method, path, query, authorization: None, request_id: None, host: None, close: false };
+    let mut plain =
+        Plain { method, path, query, authorization: None, request_id: None, host: None, body_length: 0, close: false };
+    let mut length = None;
     for header in request.headers.iter() {
         let (name, value) = (header.name.as_bytes(), header.value);
         if name.eq_ignore_ascii_case(b"content-length") {
-            if trim(value) != b"0" {
+            let declared = parse_length(value)?;
+            if length.replace(declared).is_some_and(|l| l != declared) {
                 return None;
             }
         } else if name.eq_ignore_ascii_case(b"authorization") {
@@ -84,6 +90,7 @@ pub fn classify<'b>(request: &httparse::Request<'_, 'b>) -> Option<Plain<'b>> {
             return None;
         }
     }
+    plain.body_length = length.unwrap_or(0);
     Some(plain)
 }
 
@@ -103,9 +110,16 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 fn is_replaced_request_header(name: &[u8]) -> bool {
     is_hop_by_hop(name)
         || rewards_kit::identity::is_identity_header_bytes(name)
-        || [&b"host"[..], b"authorization", b"x-request-id", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto"]
-            .iter()
-            .any(|own| name.eq_ignore_ascii_case(own))
+        || [
+            &b"host"[..],
+            b"authorization",
+            b"x-request-id",
+            b"x-forwarded-for",
+            b"x-forwarded-host",
+            b"x-forwarded-proto",
+        ]
+        .iter()
+        .any(|own| name.eq_ignore_ascii_case(own))
 }
 
 /// The upstream request's head: the client's request line with the
@@ -405,23 +419,27 @@ fn hex_digit(b: u8) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn parse_request(raw: &[u8]) -> Option<(Method, String, bool)> {
+    fn parse_request(raw: &[u8]) -> Option<(Method, String, u64, bool)> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         assert!(request.parse(raw).unwrap().is_complete());
-        classify(&request).map(|p| (p.method, p.path.to_owned(), p.close))
+        classify(&request).map(|p| (p.method, p.path.to_owned(), p.body_length, p.close))
     }
 
     #[test]
-    fn only_bodiless_http11_requests_in_origin_form_are_plain() {
+    fn only_http11_requests_in_origin_form_with_a_length_or_no_body_are_plain() {
         let plain = parse_request(b"GET /a/b?x=1 HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(plain, Some((Method::GET, "/a/b".to_owned(), false)));
+        assert_eq!(plain, Some((Method::GET, "/a/b".to_owned(), 0, false)));
         let closing = parse_request(b"DELETE /a HTTP/1.1\r\nConnection: Close\r\n\r\n");
-        assert_eq!(closing, Some((Method::DELETE, "/a".to_owned(), true)));
+        assert_eq!(closing, Some((Method::DELETE, "/a".to_owned(), 0, true)));
+        let posting = parse_request(b"POST /a HTTP/1.1\r\nContent-Length: 12\r\ncontent-length: 12\r\n\r\n");
+        assert_eq!(posting, Some((Method::POST, "/a".to_owned(), 12, false)));
         for other in [
             &b"GET /a HTTP/1.0\r\n\r\n"[..],
-            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
             b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
             b"PUT /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET /a HTTP/1.1\r\nConnection: keep-alive, x-private\r\n\r\n",
@@ -436,7 +454,8 @@ mod tests {
 
     #[test]
     fn the_upstream_head_carries_the_clients_headers_without_the_replaced_ones() {
-        let raw = b"GET /svc/a?q=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nX-User-Id: 1\r\nX-Request-Id: r\r\n\
+        let raw =
+            b"GET /svc/a?q=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nX-User-Id: 1\r\nX-Request-Id: r\r\n\
                     x-forwarded-for: 6.6.6.6\r\nTE: trailers\r\nAccept: */*\r\n\r\n";
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
@@ -461,18 +480,27 @@ mod tests {
     fn a_response_is_framed_by_its_coding_its_length_or_the_connection() {
         let framing = |raw: &[u8]| answer(raw, false).unwrap().map(|a| (a.framing, a.reusable));
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), Some((Framing::Length(5), true)));
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Some((Framing::Chunked, true)));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Some((Framing::Chunked, true))
+        );
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"), Some((Framing::UntilClose, false)));
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n"), Some((Framing::UntilClose, false)));
         assert_eq!(framing(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"), Some((Framing::Length(1), false)));
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n"), Some((Framing::Length(1), false)));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n"),
+            Some((Framing::Length(1), false))
+        );
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Some((Framing::Chunked, false))
         );
         assert_eq!(framing(b"HTTP/1.1 204 No Content\r\n\r\n"), Some((Framing::Empty, true)));
         assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), Some((Framing::Empty, true)));
-        assert_eq!(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).unwrap().unwrap().framing, Framing::Empty);
+        assert_eq!(
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).unwrap().unwrap().framing,
+            Framing::Empty
+        );
         assert_eq!(framing(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"), None);
         assert!(answer(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
         assert!(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).is_err());
@@ -481,7 +509,8 @@ mod tests {
 
     #[test]
     fn the_client_head_drops_hop_by_hop_headers_and_the_upstreams_request_id() {
-        let raw = b"HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\n\
+        let raw =
+            b"HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\n\
                     X-Request-Id: other\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: yes\r\n\r\n";
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);

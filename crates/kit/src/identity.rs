@@ -373,8 +373,7 @@ pub fn is_identity_header(name: &str) -> bool {
 
 /// [`is_identity_header`] for a name as the bytes that were sent.
 pub fn is_identity_header_bytes(name: &[u8]) -> bool {
-    let starts_with =
-        |prefix: &[u8]| name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix);
+    let starts_with = |prefix: &[u8]| name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix);
     starts_with(b"x-user-") || starts_with(b"x-rewards-") || starts_with(b"x-internal-")
 }
 

@@ -8,3 +8,4 @@ mod instances;
 mod limits;
 mod streaming;
 mod support;
+mod wire;

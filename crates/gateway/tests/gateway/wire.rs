@@ -1,0 +1,327 @@
+//! The gateway's own HTTP/1 code, seen from raw clients and raw backends:
+//! pipelining, bodies, the hand-over to hyper, every way an answer can be framed,
+//! hop-by-hop headers, and backends that close kept-alive connections.
+
+use std::sync::{Arc, Mutex};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// What a raw backend does with a request.
+enum Act {
+    Answer(Vec<u8>),
+    /// Answers, then closes the connection without saying so.
+    AnswerThenClose(Vec<u8>),
+    /// Reads the request and closes the connection without answering.
+    CloseUnanswered,
+}
+
+/// One request a raw backend received: its connection, method and path.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    connection: usize,
+    method: String,
+    path: String,
+}
+
+/// A backend written on TCP directly, answering `/health` and `/ready` with
+/// 200 and every other request as `script(method, path, nth request on its
+/// connection)` says.
+struct RawBackend {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl RawBackend {
+    async fn start(script: fn(&str, &str, usize) -> Act) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut connection = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                connection += 1;
+                tokio::spawn(serve_raw(stream, connection, script, log.clone()));
+            }
+        });
+        Self { url, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn serve_raw(
+    mut stream: TcpStream,
+    connection: usize,
+    script: fn(&str, &str, usize) -> Act,
+    log: Arc<Mutex<Vec<Seen>>>,
+) {
+    let mut buffer = Vec::new();
+    let mut nth = 0;
+    loop {
+        let Some(head) = read_head(&mut stream, &mut buffer).await else { return };
+        let mut line = head.split(' ');
+        let (method, path) = (line.next().unwrap_or("").to_owned(), line.next().unwrap_or("").to_owned());
+        if path == "/health" || path == "/ready" {
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 33\r\n\r\n{\"status\":\"ready\",\"checks\":{}}   ";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        nth += 1;
+        log.lock().unwrap().push(Seen { connection, method: method.clone(), path: path.clone() });
+        match script(&method, &path, nth) {
+            Act::Answer(bytes) => {
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Act::AnswerThenClose(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                return;
+            }
+            Act::CloseUnanswered => return,
+        }
+    }
+}
+
+/// The next request head on a connection (bodiless requests only).
+async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            buffer.drain(..end + 4);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// One answer with a `Content-Length` from a raw connection: its head (lower
+/// case) and its body.
+async fn read_answer(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let head = read_head(stream, buffer).await.expect("an answer").to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a content-length");
+    while buffer.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed in the middle of a body");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    (head, buffer.drain(..length).collect())
+}
+
+async fn register_raw(gw: &TestGateway, backend: &RawBackend) {
+    let admin = gw.login("admin", ADMIN_PASSWORD).await;
+    let spec = json!({
+        "name": "raw",
+        "prefix": "/raw",
+        "instances": [backend.url],
+        "routes": [
+            { "method": "GET", "path": "/{what}", "public": true },
+            { "method": "POST", "path": "/{what}", "public": true },
+        ]
+    });
+    let response = gw.call(Method::POST, "/gateway/services", Some(&admin)).json(&spec).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_bodies_with_a_length_stream_and_others_go_to_hyper() {
+    let gw = TestGateway::start().await;
+    let mut stream = TcpStream::connect(gw.gateway.addr()).await.unwrap();
+    let mut buffer = Vec::new();
+    stream
+        .write_all(
+            b"GET /echo/public HTTP/1.1\r\nhost: gw\r\nx-request-id: first\r\n\r\n\
+              GET /echo/items/1 HTTP/1.1\r\nhost: gw\r\nx-request-id: second\r\n\r\n\
+              GET /echo/public?page=2 HTTP/1.1\r\nhost: gw\r\nx-request-id: third\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, body) = read_answer(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-request-id: first"), "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["requestIds"], json!(["first"]));
+    let (head, body) = read_answer(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("http/1.1 401"), "no token for a protected route: {head}");
+    assert!(head.contains("x-request-id: second") && head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["code"], "UNAUTHENTICATED");
+    let (head, body) = read_answer(&mut stream, &mut buffer).await;
+    assert!(head.contains("x-request-id: third"), "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["uri"], "/public?page=2");
+
+    // A body with a length is streamed to the backend; one refused at the
+    // gateway (no token for a protected route) is read and dropped, and the
+    // connection goes on with the next request.
+    stream
+        .write_all(
+            b"POST /echo/upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\n\r\nhello\
+                     POST /echo/items HTTP/1.1\r\nhost: gw\r\ncontent-length: 7\r\n\r\n{\"a\":1}\
+                     GET /echo/public HTTP/1.1\r\nhost: gw\r\nx-request-id: after-bodies\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, body) = read_answer(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["bodyLength"], 5);
+    let (head, _) = read_answer(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    let (head, body) = read_answer(&mut stream, &mut buffer).await;
+    assert!(head.contains("x-request-id: after-bodies"), "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["method"], "GET");
+    // A body whose head comes first and the rest later arrives whole.
+    stream.write_all(b"POST /echo/upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 20000\r\n\r\n").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    stream.write_all(&[b'x'; 20000]).await.unwrap();
+    let (_, body) = read_answer(&mut stream, &mut buffer).await;
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["bodyLength"], 20000);
+
+    // A chunked upload goes to hyper with the connection, which goes on
+    // serving there.
+    stream
+        .write_all(
+            b"POST /echo/upload HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                     GET /echo/public HTTP/1.1\r\nhost: gw\r\nx-request-id: after\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, body) = read_answer(&mut stream, &mut buffer).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["bodyLength"], 3);
+    let (head, body) = read_answer(&mut stream, &mut buffer).await;
+    assert!(head.contains("x-request-id: after"), "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["method"], "GET");
+
+    // A client that asks to close gets its answer, then the connection closes.
+    let mut closing = TcpStream::connect(gw.gateway.addr()).await.unwrap();
+    closing.write_all(b"GET /echo/public HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut everything = Vec::new();
+    closing.read_to_end(&mut everything).await.unwrap();
+    let everything = String::from_utf8_lossy(&everything).to_ascii_lowercase();
+    assert!(everything.starts_with("http/1.1 200") && everything.contains("connection: close"), "{everything}");
+}
+
+fn framing_script(_method: &str, path: &str, _nth: usize) -> Act {
+    let bytes = |text: &str| text.as_bytes().to_vec();
+    match path {
+        "/early" => Act::Answer(bytes(
+            "HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+        )),
+        "/chunked" => Act::Answer(bytes(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;note=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\n",
+        )),
+        "/hop" => Act::Answer(bytes(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-secret\r\nx-secret: 1\r\nkeep-alive: timeout=5\r\n\
+             x-request-id: made-by-the-backend\r\nx-kept: yes\r\n\r\nok",
+        )),
+        "/until-close" => Act::AnswerThenClose(bytes("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of this")),
+        "/garbage" => Act::Answer(bytes("SPEAKING SOMETHING ELSE\r\n\r\n")),
+        "/huge-head" => Act::Answer(bytes(&format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "b".repeat(20_000)))),
+        _ => Act::Answer(bytes("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")),
+    }
+}
+
+#[tokio::test]
+async fn answers_are_relayed_however_they_are_framed_without_hop_by_hop_headers() {
+    let gw = TestGateway::start().await;
+    let backend = RawBackend::start(framing_script).await;
+    register_raw(&gw, &backend).await;
+    // A client of its own: the one that registered the backend sent bodies,
+    // so its connection is served by hyper.
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(gw.gateway.url(&format!("/raw{path}"))).header("x-request-id", "mine").send();
+
+    let early = get("/early").await.unwrap();
+    assert_eq!(early.status(), StatusCode::OK, "the interim answer is skipped");
+    assert_eq!(early.text().await.unwrap(), "hello");
+    let chunked = get("/chunked").await.unwrap();
+    assert_eq!(chunked.text().await.unwrap(), "hello world");
+    let hop = get("/hop").await.unwrap();
+    assert_eq!(hop.headers()["x-kept"], "yes");
+    assert_eq!(hop.headers()["x-request-id"], "mine", "the request's id, not the backend's");
+    assert!(
+        hop.headers().get("x-secret").is_none() && hop.headers().get("keep-alive").is_none(),
+        "{:?}",
+        hop.headers()
+    );
+    assert!(hop.headers().get("date").is_some());
+    assert_eq!(hop.text().await.unwrap(), "ok");
+    // The three went over one upstream connection, each given back whole.
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|s| s.connection == seen[0].connection), "{seen:?}");
+
+    let until_close = get("/until-close").await.unwrap();
+    assert_eq!(until_close.status(), StatusCode::OK);
+    assert_eq!(until_close.text().await.unwrap(), "all of this");
+    problem(get("/garbage").await.unwrap(), StatusCode::BAD_GATEWAY, "BAD_GATEWAY").await;
+    problem(get("/huge-head").await.unwrap(), StatusCode::BAD_GATEWAY, "BAD_GATEWAY").await;
+    // And the gateway still answers on new connections to the backend.
+    assert_eq!(get("/early").await.unwrap().text().await.unwrap(), "hello");
+}
+
+fn closes_after_one(_method: &str, _path: &str, nth: usize) -> Act {
+    if nth == 1 {
+        Act::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec())
+    } else {
+        Act::CloseUnanswered
+    }
+}
+
+fn closes_silently(_method: &str, _path: &str, _nth: usize) -> Act {
+    Act::AnswerThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec())
+}
+
+#[tokio::test]
+async fn a_kept_alive_upstream_connection_that_closes_is_retried_for_a_get_but_a_post_is_never_sent_twice() {
+    let gw = TestGateway::start().await;
+    let backend = RawBackend::start(closes_after_one).await;
+    register_raw(&gw, &backend).await;
+    // A client of its own: the one that registered the backend sent bodies,
+    // so its connection is served by hyper.
+    let client = reqwest::Client::new();
+    let call = |method: Method| client.request(method, gw.gateway.url("/raw/x")).send();
+
+    assert_eq!(call(Method::GET).await.unwrap().status(), StatusCode::OK);
+    // The pooled connection takes the next GET and closes: sent again on a
+    // new connection.
+    assert_eq!(call(Method::GET).await.unwrap().status(), StatusCode::OK);
+    // A POST on a connection that closes may have done something: 502, not
+    // sent again.
+    problem(call(Method::POST).await.unwrap(), StatusCode::BAD_GATEWAY, "BAD_GATEWAY").await;
+    let posts = backend.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(posts, 1, "{:?}", backend.seen());
+    let connections: std::collections::HashSet<usize> = backend.seen().iter().map(|s| s.connection).collect();
+    assert_eq!(connections.len(), 2, "{:?}", backend.seen());
+
+    // A backend that closes each connection after answering, without
+    // saying so: the gateway sees the closed connection before using it.
+    let silent = RawBackend::start(closes_silently).await;
+    let admin = gw.login("admin", ADMIN_PASSWORD).await;
+    let spec = json!({ "name": "raw", "prefix": "/raw", "instances": [silent.url],
+        "routes": [{ "method": "GET", "path": "/{what}", "public": true }, { "method": "POST", "path": "/{what}", "public": true }] });
+    let replaced = gw.call(Method::POST, "/gateway/services", Some(&admin)).json(&spec).send().await.unwrap();
+    assert_eq!(replaced.status(), StatusCode::OK);
+    for method in [Method::GET, Method::POST, Method::POST, Method::GET, Method::POST] {
+        let response = call(method.clone()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{method}");
+    }
+    assert_eq!(silent.seen().len(), 5);
+}
