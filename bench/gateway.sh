@@ -13,8 +13,18 @@
 # swing by 10 % or more: every target runs ROUNDS times, interleaved, and the
 # medians are compared.
 #
-# Needs wrk and nginx (installed with apt-get when missing). Loopback only,
-# bounded: DURATION seconds per run (default 8) at CONNECTIONS (default 32).
+# Run flat out, the targets are saturated and their p99 is mostly time spent
+# queued behind the other processes on the same two cores (the upstream
+# alone, driven directly, shows a p99 of several milliseconds that way). So
+# each round also paces the same requests at RATE per second in all (default
+# 8000, well below every target's capacity) over the same CONNECTIONS
+# (`paced_load`, an example of the gateway crate, which times each request
+# from its write to its whole answer) and reports the latency a client sees
+# then.
+#
+# Needs wrk and nginx (installed with apt-get when missing). Loopback
+# only, bounded: DURATION seconds per run (default 8) at CONNECTIONS
+# (default 32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,13 +32,14 @@ DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
+RATE=${RATE:-8000}
 UPSTREAM_PORT=18080 NGINX_PORT=18081 BARE_PORT=18083 GATEWAY_PORT=18090 AUTH_PORT=18091 EVENTS_PORT=18092
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk
 need nginx nginx
 
-cargo build --release --quiet --bin rewards --example trivial_upstream --example bare_forwarder -p rewards -p rewards-gateway
+cargo build --release --quiet --bin rewards --example trivial_upstream --example bare_forwarder --example paced_load -p rewards -p rewards-gateway
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -109,6 +120,19 @@ print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {errors.group(1) if errors els
 PY
 }
 
+paced() { # addr path pids... -> "rps p50_ms p99_ms errors cpu_us_per_request"
+  local out before after
+  before=$(cpu_ticks "${@:3}")
+  out=$(target/release/examples/paced_load "$1" "$2" "$CONNECTIONS" "$RATE" "$DURATION" "$token")
+  after=$(cpu_ticks "${@:3}")
+  python3 - "$out" "$((after - before))" "$(getconf CLK_TCK)" "$DURATION" <<'PY'
+import sys
+(rps, p50, p99, errors), ticks, hz, duration = sys.argv[1].split(), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+cpu_us = ticks / hz / (float(rps) * duration) * 1e6
+print(f"{rps} {p50} {p99} {errors} {cpu_us:.1f}")
+PY
+}
+
 echo "warming up..."
 for url in "http://127.0.0.1:$GATEWAY_PORT/bench/hello" "http://127.0.0.1:$NGINX_PORT/hello" "http://127.0.0.1:$BARE_PORT/bench/hello"; do
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $token" "$url" >/dev/null
@@ -125,11 +149,15 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "nginx $(run "http://127.0.0.1:$NGINX_PORT/hello" $nginx_workers)" >>"$results"
   echo "gateway $(run "http://127.0.0.1:$GATEWAY_PORT/bench/hello" "$gateway_pid")" >>"$results"
   echo "bare $(run "http://127.0.0.1:$BARE_PORT/bench/hello" "$bare_pid")" >>"$results"
+  echo "paced-direct $(paced "127.0.0.1:$UPSTREAM_PORT" /hello "$upstream_pid")" >>"$results"
+  # shellcheck disable=SC2086
+  echo "paced-nginx $(paced "127.0.0.1:$NGINX_PORT" /hello $nginx_workers)" >>"$results"
+  echo "paced-gateway $(paced "127.0.0.1:$GATEWAY_PORT" /bench/hello "$gateway_pid")" >>"$results"
 done
 
-python3 - "$results" "$(date -u +%F)" "$CONNECTIONS" "$DURATION" "$THREADS" "$(nproc)" "$ROUNDS" <<'PY'
+python3 - "$results" "$(date -u +%F)" "$CONNECTIONS" "$DURATION" "$THREADS" "$(nproc)" "$ROUNDS" "$RATE" <<'PY'
 import statistics, sys
-path, day, conns, duration, threads, cores, rounds = sys.argv[1:]
+path, day, conns, duration, threads, cores, rounds, rate = sys.argv[1:]
 runs = {}
 for line in open(path):
     name, *values = line.split()
@@ -148,4 +176,14 @@ print(f"gateway / nginx: throughput {g[0] / n[0]:.2f}x, p99 {g[2] / n[2]:.2f}x, 
       f"   (target: >= 1.00x throughput, p99 < 1 ms)")
 print(f"bare forwarding / nginx: throughput {b[0] / n[0]:.2f}x; the gateway's duties cost {g[4] - b[4]:.1f} us of CPU per request")
 print("each round, req/s: " + "; ".join(f"{name} " + " ".join(f"{r[0]:.0f}" for r in runs[name]) for name in labels))
+print(f"\npaced at {rate} req/s in all over {conns} connections (paced_load), median of {rounds} rounds")
+print(f"{'target':<36} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>8} {'CPU us/req':>11}")
+paced = {"paced-direct": "(a) upstream directly", "paced-nginx": "(b) nginx, 2 workers", "paced-gateway": "(c) rewards gateway"}
+for name, label in paced.items():
+    rps, p50, p99, errors, cpu = median[name]
+    print(f"{label:<36} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {errors:>8.0f} {cpu:>11.1f}")
+g, n = median["paced-gateway"], median["paced-nginx"]
+print(f"gateway / nginx, paced: p50 {g[1] / n[1]:.2f}x, p99 {g[2] / n[2]:.2f}x, CPU per request {g[4] / n[4]:.2f}x"
+      f"   (target: p99 < 1 ms)")
+print("each round, p99 ms: " + "; ".join(f"{name[6:]} " + " ".join(f"{r[2]:.3f}" for r in runs[name]) for name in paced))
 PY

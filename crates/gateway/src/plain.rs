@@ -30,7 +30,7 @@ use futures_util::FutureExt;
 use http::{Method, StatusCode, header};
 use http_body_util::BodyExt;
 use rewards_kit::Problem;
-use rewards_kit::http::{is_sane_request_id, log_served, new_request_id_text_at};
+use rewards_kit::http::{is_sane_request_id, log_served_after, new_request_id_text_at};
 use rewards_kit::identity::IDENTITY_HEADER;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -44,12 +44,21 @@ use crate::server::{ThreadState, Watched, serve_with_hyper};
 use crate::upstream;
 use crate::wire::{self, Answer, Chunks, Framing, MAX_HEADERS, Plain};
 
+/// Logged and counted for a client that left in the middle of sending its
+/// body (nginx's "client closed request").
+const CLIENT_CLOSED: u16 = 499;
+
 /// A connection's read buffer starts this large and grows up to
-/// [`MAX_HEAD`]; a head larger than that goes to hyper (which refuses it).
+/// [`MAX_HEAD`]; a head larger than that goes to hyper (which takes heads
+/// up to about 400 KiB).
 const INBOUND_START: usize = 4096;
 const MAX_HEAD: usize = 64 * 1024;
 /// Upstream answers are read (and bodies relayed) this much at a time.
 const UPSTREAM_BUFFER: usize = 16 * 1024;
+/// The largest upstream answer head, and the most headers it may have (as
+/// hyper's client takes).
+const MAX_UPSTREAM_HEAD: usize = 256 * 1024;
+const MAX_ANSWER_HEADERS: usize = 100;
 /// The most of an unforwarded request body (one refused at the gateway, a
 /// 401 say) read and dropped to keep its connection; after more, the
 /// connection is closed instead.
@@ -77,7 +86,9 @@ pub async fn serve(state: Rc<ThreadState>, stream: TcpStream, peer: SocketAddr, 
                                 // What of the body has arrived with the head.
                                 let after = &inbound.pending()[len..];
                                 let body_here = &after[..plain.body_length.min(after.len() as u64) as usize];
-                                let keep = serve_request(&state, &peer, &mut client, &request, &plain, body_here).await;
+                                let keep =
+                                    serve_request(&state, &peer, &mut client, &request, &plain, body_here, &watched)
+                                        .await;
                                 inbound.consume(len + body_here.len());
                                 if !keep || watched.is_closing() {
                                     return;
@@ -199,6 +210,7 @@ async fn serve_request(
     request: &httparse::Request<'_, '_>,
     plain: &Plain<'_>,
     body_here: &[u8],
+    closing: &Watched,
 ) -> bool {
     let started = Instant::now();
     let now = SystemTime::now();
@@ -215,8 +227,19 @@ async fn serve_request(
     let span = tracing::info_span!("request", service = crate::NAME,
         request_id = std::str::from_utf8(request_id).unwrap_or(""), method = %plain.method, path = plain.path);
     let unread = Cell::new(plain.body_length - body_here.len() as u64);
-    let exchange =
-        Exchange { state, peer, plain, headers: request.headers, request_id, body_here, unread, started, now };
+    let exchange = Exchange {
+        state,
+        peer,
+        plain,
+        headers: request.headers,
+        request_id,
+        body_here,
+        unread,
+        closing,
+        started,
+        answered_at: Cell::new(None),
+        now,
+    };
     let mut scratch = Scratch::take();
     let served = AssertUnwindSafe(exchange.run(client, &mut scratch).instrument(span.clone())).catch_unwind().await;
     let served = match served {
@@ -230,7 +253,7 @@ async fn serve_request(
             Served { status: StatusCode::INTERNAL_SERVER_ERROR, keep: false }
         }
     };
-    log_served(&span, served.status, started);
+    log_served_after(&span, served.status, exchange.took());
     // A body the backend did not get is read to its end, so that the next
     // request's head is where the connection goes on.
     let unread = exchange.unread.get();
@@ -272,7 +295,12 @@ struct Exchange<'a> {
     body_here: &'a [u8],
     /// The part of the body still to be read from the client.
     unread: Cell<u64>,
+    /// Tells when the gateway has begun to stop.
+    closing: &'a Watched,
     started: Instant,
+    /// When the answer's head went out (the latency metrics and the access
+    /// log report, as on the hyper path).
+    answered_at: Cell<Option<Instant>>,
     now: SystemTime,
 }
 
@@ -288,18 +316,31 @@ enum Failure {
 }
 
 /// An upstream connection whose answer's head has been read (the client's
-/// version of it is in `Scratch::out`); its body starts at `body` in
-/// `Scratch::up`, of which `filled` bytes were read.
+/// version of it is in `Scratch::out`).
 struct Upstream {
     stream: TcpStream,
     answer: Answer,
-    body: usize,
-    filled: usize,
+    /// The body read with the head, in `Scratch::up`.
+    body: std::ops::Range<usize>,
+    /// The rest of a body with a length.
+    left: u64,
+    /// Where a chunked body is.
+    chunks: Chunks,
+    /// The connection can be used again once the body has been relayed.
+    reusable: bool,
     /// The client connection ends after this answer.
     close: bool,
 }
 
 impl Exchange<'_> {
+    fn answered(&self) {
+        self.answered_at.set(Some(Instant::now()));
+    }
+
+    fn took(&self) -> Duration {
+        self.answered_at.get().unwrap_or_else(Instant::now) - self.started
+    }
+
     async fn run(&self, client: &mut Client, scratch: &mut Scratch) -> Served {
         let (gateway, here, plain) = (&*self.state.gateway, &self.state.here, self.plain);
         let registry = here.registry(gateway);
@@ -311,7 +352,7 @@ impl Exchange<'_> {
         let Some(route) = service.route(&plain.method, rest) else {
             let problem = Problem::not_found(format!("no route for {} {}", plain.method, plain.path));
             let served = self.answer_locally(client, scratch, problem, self.close_after_local()).await;
-            here.metrics.record(service, None, None, served.status, self.started.elapsed());
+            here.metrics.record(service, None, None, served.status, self.took());
             return served;
         };
         let length = (plain.body_length > 0).then_some(plain.body_length);
@@ -320,7 +361,7 @@ impl Exchange<'_> {
                 Ok(caller) => self.relay(client, scratch, service, route, caller.as_deref()).await,
                 Err(problem) => (self.answer_locally(client, scratch, problem, self.close_after_local()).await, None),
             };
-        here.metrics.record(service, Some(route), upstream, served.status, self.started.elapsed());
+        here.metrics.record(service, Some(route), upstream, served.status, self.took());
         served
     }
 
@@ -384,7 +425,8 @@ impl Exchange<'_> {
                 Failure::Stale(_) if plain.is_repeatable() && !fresh_connection => fresh_connection = true,
                 // Nobody to answer.
                 Failure::ClientGone => {
-                    return (Served { status: StatusCode::BAD_REQUEST, keep: false }, Some(instance));
+                    let status = StatusCode::from_u16(CLIENT_CLOSED).expect("a three-digit status");
+                    return (Served { status, keep: false }, Some(instance));
                 }
                 Failure::Connect(err) => {
                     tracing::warn!(service = %service.name, instance = %instance.url, error = %err, "instance unreachable");
@@ -444,11 +486,15 @@ impl Exchange<'_> {
         let (mut start, mut filled) = (0, 0);
         loop {
             if filled == scratch.up.len() {
-                if start == 0 {
+                if start > 0 {
+                    scratch.up.copy_within(start..filled, 0);
+                    (start, filled) = (0, filled - start);
+                } else if scratch.up.len() < MAX_UPSTREAM_HEAD {
+                    // A head with large headers (many cookies, say).
+                    scratch.up.resize(scratch.up.len() * 4, 0);
+                } else {
                     return Err(Failure::Exchange(wire::BadAnswer::TooLarge.to_string()));
                 }
-                scratch.up.copy_within(start..filled, 0);
-                (start, filled) = (0, filled - start);
             }
             let n = match stream.read(&mut scratch.up[filled..]).await {
                 Ok(0) if filled == 0 => return Err(lost("closed without answering".into())),
@@ -460,7 +506,7 @@ impl Exchange<'_> {
             filled += n;
             // Every head that has arrived (interim ones are skipped).
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
                 let mut response = httparse::Response::new(&mut headers);
                 let len = match response.parse(&scratch.up[start..filled]) {
                     Ok(httparse::Status::Complete(len)) => len,
@@ -468,23 +514,46 @@ impl Exchange<'_> {
                     Err(err) => return Err(Failure::Exchange(wire::BadAnswer::from(err).to_string())),
                 };
                 let to_head = self.plain.method == Method::HEAD;
-                match wire::answer_of(&response, to_head) {
-                    Ok(Some(answer)) => {
-                        let close = self.plain.close || answer.framing == Framing::UntilClose;
-                        scratch.out.clear();
-                        wire::write_client_head(&mut scratch.out, &response, answer.status, self.request_id, close);
-                        return Ok(Upstream { stream, answer, body: start + len, filled, close });
+                let answer = match wire::answer_of(&response, to_head) {
+                    Ok(Some(answer)) => answer,
+                    Ok(None) => {
+                        start += len;
+                        continue;
                     }
-                    Ok(None) => start += len,
                     Err(bad) => return Err(Failure::Exchange(bad.to_string())),
-                }
+                };
+                // What of the bytes read is body (a bad chunk there is a
+                // 502 still); anything after it is an answer nobody asked for.
+                let (body, buffered) = (start + len, &scratch.up[start + len..filled]);
+                let mut chunks = Chunks::default();
+                let (belongs, left) = match answer.framing {
+                    Framing::Empty => (0, 0),
+                    Framing::Length(length) => {
+                        let here = length.min(buffered.len() as u64);
+                        (here as usize, length - here)
+                    }
+                    Framing::Chunked => {
+                        (chunks.advance(buffered).map_err(|bad| Failure::Exchange(bad.to_string()))?, 0)
+                    }
+                    Framing::UntilClose => (buffered.len(), 0),
+                };
+                let close = self.plain.close
+                    || self.closing.is_closing()
+                    || answer.ambiguous
+                    || answer.framing == Framing::UntilClose;
+                scratch.out.clear();
+                wire::write_client_head(&mut scratch.out, &response, &answer, self.request_id, close);
+                let reusable = answer.reusable && belongs == buffered.len();
+                let body = body..body + belongs;
+                return Ok(Upstream { stream, answer, body, left, chunks, reusable, close });
             }
         }
     }
 
-    /// Relays an upstream answer: its head (in `scratch.out`), then its body
-    /// as it arrives. The upstream connection goes back to the pool when
-    /// the body ended where its framing said and nothing followed it.
+    /// Relays an upstream answer: its head (in `scratch.out`) with the body
+    /// read so far, then the rest as it arrives. The upstream connection
+    /// goes back to the pool when the body ended where its framing said and
+    /// nothing followed it.
     async fn relay_answer(
         &self,
         client: &mut Client,
@@ -492,66 +561,47 @@ impl Exchange<'_> {
         instance: &Instance,
         upstream: Upstream,
     ) -> Served {
-        let Upstream { mut stream, answer, body, filled, close } = upstream;
+        let Upstream { mut stream, answer, body, mut left, mut chunks, mut reusable, close } = upstream;
         let status = answer.status;
         let broken = Served { status, keep: false };
-        let mut reusable = answer.reusable;
         let Scratch { up, out } = scratch;
-        // What of the buffered bytes is body: the rest would be a second
-        // answer nobody asked for, and the connection is not used again.
-        let mut chunks = Chunks::default();
-        let mut left = 0u64;
-        let buffered = &up[body..filled];
-        let belongs = match answer.framing {
-            Framing::Empty => 0,
-            Framing::Length(length) => {
-                let here = length.min(buffered.len() as u64);
-                left = length - here;
-                here as usize
-            }
-            Framing::Chunked => match chunks.advance(buffered) {
-                Ok(n) => n,
-                Err(_) => return broken,
-            },
-            Framing::UntilClose => buffered.len(),
-        };
-        reusable &= belongs == buffered.len();
-        out.extend_from_slice(&buffered[..belongs]);
-        if client.write_all(out).await.is_err() {
+        out.extend_from_slice(&up[body]);
+        let written = client.write_all(out).await;
+        self.answered();
+        if written.is_err() {
             return broken;
         }
-        let more = match answer.framing {
+        let mut more = match answer.framing {
             Framing::Empty => false,
             Framing::Length(_) => left > 0,
             Framing::Chunked => !chunks.is_done(),
             Framing::UntilClose => true,
         };
-        if more {
-            loop {
-                let n = match stream.read(up).await {
-                    Ok(0) if answer.framing == Framing::UntilClose => break,
-                    Ok(0) | Err(_) => return broken,
-                    Ok(n) => n,
-                };
-                let (belongs, done) = match answer.framing {
-                    Framing::Length(_) => {
-                        let here = left.min(n as u64);
-                        left -= here;
-                        (here as usize, left == 0)
+        while more {
+            let n = match stream.read(up).await {
+                Ok(0) if answer.framing == Framing::UntilClose => break,
+                Ok(0) | Err(_) => return broken,
+                Ok(n) => n,
+            };
+            let belongs = match answer.framing {
+                Framing::Length(_) => {
+                    let here = left.min(n as u64);
+                    left -= here;
+                    more = left > 0;
+                    here as usize
+                }
+                Framing::Chunked => match chunks.advance(&up[..n]) {
+                    Ok(belongs) => {
+                        more = !chunks.is_done();
+                        belongs
                     }
-                    Framing::Chunked => match chunks.advance(&up[..n]) {
-                        Ok(belongs) => (belongs, chunks.is_done()),
-                        Err(_) => return broken,
-                    },
-                    _ => (n, false),
-                };
-                reusable &= belongs == n;
-                if client.write_all(&up[..belongs]).await.is_err() {
-                    return broken;
-                }
-                if done {
-                    break;
-                }
+                    Err(_) => return broken,
+                },
+                _ => n,
+            };
+            reusable &= belongs == n;
+            if client.write_all(&up[..belongs]).await.is_err() {
+                return broken;
             }
         }
         if reusable {
@@ -563,7 +613,7 @@ impl Exchange<'_> {
     /// Whether a connection ends after an answer the gateway makes itself:
     /// when the client asked, or when too much of its body is left to read.
     fn close_after_local(&self) -> bool {
-        self.plain.close || self.unread.get() > DISCARD_MAX
+        self.plain.close || self.closing.is_closing() || self.unread.get() > DISCARD_MAX
     }
 
     /// An answer the gateway makes itself (problem+json).
@@ -590,6 +640,7 @@ impl Exchange<'_> {
         wire::finish_client_head(out, self.request_id, close);
         out.extend_from_slice(&body);
         let written = client.write_all(out).await.is_ok();
+        self.answered();
         Served { status: parts.status, keep: written && !close }
     }
 }
@@ -636,7 +687,10 @@ impl std::ops::DerefMut for ScratchGuard {
 impl Drop for ScratchGuard {
     fn drop(&mut self) {
         if let Some(mut scratch) = self.0.take() {
-            // An unusually large answer head grew it: not kept at that size.
+            // An unusually large answer head grew them: not kept at that size.
+            if scratch.up.len() > UPSTREAM_BUFFER {
+                scratch.up = vec![0; UPSTREAM_BUFFER];
+            }
             if scratch.out.capacity() <= 64 * 1024 {
                 scratch.out.clear();
                 SPARE.with_borrow_mut(|spare| {

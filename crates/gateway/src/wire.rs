@@ -49,13 +49,16 @@ pub fn classify<'b>(request: &httparse::Request<'_, 'b>) -> Option<Plain<'b>> {
     }
     let method = Method::from_bytes(request.method?.as_bytes()).ok()?;
     let target = request.path?;
-    if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
-        return None;
-    }
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
+    let valid = path.starts_with('/')
+        && path.bytes().all(is_path_byte)
+        && query.is_none_or(|query| query.bytes().all(is_query_byte));
+    if !valid {
+        return None;
+    }
     let mut plain =
         Plain { method, path, query, authorization: None, request_id: None, host: None, body_length: 0, close: false };
     let mut length = None;
@@ -94,6 +97,19 @@ pub fn classify<'b>(request: &httparse::Request<'_, 'b>) -> Option<Plain<'b>> {
     Some(plain)
 }
 
+/// The bytes a path may hold as sent (RFC 3986 `pchar` and `/`, plus `"`,
+/// `{`, `}`, `|`, `\\`, `^`, `[`, `]`, which clients send unencoded): what the
+/// hyper path accepts too. No space, `#`, `<`, `>`, `` ` ``, control or
+/// non-ASCII byte.
+fn is_path_byte(b: u8) -> bool {
+    matches!(b, 0x21 | 0x22 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7E)
+}
+
+/// The bytes a query may hold as sent: as a path, and `?` and `` ` ``, but not `"`.
+fn is_query_byte(b: u8) -> bool {
+    matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E)
+}
+
 fn trim(value: &[u8]) -> &[u8] {
     value.trim_ascii()
 }
@@ -113,6 +129,7 @@ fn is_replaced_request_header(name: &[u8]) -> bool {
         || [
             &b"host"[..],
             b"authorization",
+            b"content-length",
             b"x-request-id",
             b"x-forwarded-for",
             b"x-forwarded-host",
@@ -141,6 +158,11 @@ pub fn write_upstream_head(
     out.extend_from_slice(b"\r\n");
     for header in headers.iter().filter(|h| !is_replaced_request_header(h.name.as_bytes())) {
         write_header(out, header.name.as_bytes(), header.value);
+    }
+    // One length, as the gateway read it (a client's `05` or repeated
+    // header is not passed on for the backend to read its own way).
+    if plain.body_length > 0 {
+        write_header(out, b"content-length", plain.body_length.to_string().as_bytes());
     }
     if let Some(host) = plain.host {
         write_header(out, b"x-forwarded-host", host);
@@ -176,6 +198,9 @@ pub struct Answer {
     pub framing: Framing,
     /// The upstream connection can carry another request after this body.
     pub reusable: bool,
+    /// Framed by a transfer coding although it has a length too: the length
+    /// is not relayed, and the client connection is closed after it.
+    pub ambiguous: bool,
 }
 
 /// An upstream answer the gateway cannot relay.
@@ -233,7 +258,7 @@ pub fn answer_of(response: &httparse::Response<'_, '_>, to_head: bool) -> Result
     // relayed by the coding, and the connection not used again.
     let ambiguous = chunked.is_some() && length.is_some();
     let reusable = !close && !ambiguous && framing != Framing::UntilClose;
-    Ok(Some(Answer { status, framing, reusable }))
+    Ok(Some(Answer { status, framing, reusable, ambiguous }))
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
@@ -255,10 +280,11 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 pub fn write_client_head(
     out: &mut Vec<u8>,
     response: &httparse::Response<'_, '_>,
-    status: StatusCode,
+    answer: &Answer,
     request_id: &[u8],
     close: bool,
 ) {
+    let status = answer.status;
     write_status_line(out, status, response.reason);
     let connection_names = response
         .headers
@@ -269,7 +295,11 @@ pub fn write_client_head(
     let mut dated = false;
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
-        if is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"x-request-id") || has_token(connection_names, name) {
+        let dropped = is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || has_token(connection_names, name)
+            || (answer.ambiguous && name.eq_ignore_ascii_case(b"content-length"));
+        if dropped {
             continue;
         }
         dated |= name.eq_ignore_ascii_case(b"date");
@@ -333,6 +363,10 @@ enum ChunkState {
         value: u64,
         digits: u8,
     },
+    /// Blanks after a chunk size.
+    SizeBws {
+        value: u64,
+    },
     /// In a chunk extension, up to the line's end.
     Extension {
         value: u64,
@@ -387,9 +421,14 @@ impl Chunks {
                     Some(d) if digits < 15 => Size { value: (value << 4) | d, digits: digits + 1 },
                     Some(_) => return Err(BadChunk),
                     None if b == b'\r' => SizeLf { value },
-                    None if b == b';' || b == b' ' || b == b'\t' => Extension { value },
+                    None if b == b';' => Extension { value },
+                    None if b == b' ' || b == b'\t' => SizeBws { value },
                     None => return Err(BadChunk),
                 },
+                // Blanks after the size may only lead to an extension or the line's end.
+                (SizeBws { value }, b' ' | b'\t') => SizeBws { value },
+                (SizeBws { value }, b';') => Extension { value },
+                (SizeBws { value }, b'\r') => SizeLf { value },
                 (Extension { value }, b'\r') => SizeLf { value },
                 (Extension { .. }, b'\n') => return Err(BadChunk),
                 (Extension { value }, _) => Extension { value },
@@ -445,6 +484,9 @@ mod tests {
             b"GET /a HTTP/1.1\r\nConnection: keep-alive, x-private\r\n\r\n",
             b"GET http://g/a HTTP/1.1\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\n\r\n",
+            b"GET /a<b> HTTP/1.1\r\n\r\n",
+            b"GET /a`b HTTP/1.1\r\n\r\n",
+            b"GET /a?q=\"x\" HTTP/1.1\r\n\r\n",
             b"GET /a HTTP/1.1\r\nHost: one\r\nHost: two\r\n\r\n",
             b"GET /a HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",
         ] {
@@ -455,8 +497,8 @@ mod tests {
     #[test]
     fn the_upstream_head_carries_the_clients_headers_without_the_replaced_ones() {
         let raw =
-            b"GET /svc/a?q=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nX-User-Id: 1\r\nX-Request-Id: r\r\n\
-                    x-forwarded-for: 6.6.6.6\r\nTE: trailers\r\nAccept: */*\r\n\r\n";
+            b"POST /svc/a?q=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nX-User-Id: 1\r\nX-Request-Id: r\r\n\
+                    x-forwarded-for: 6.6.6.6\r\nTE: trailers\r\nContent-Length: 05\r\ncontent-length: 5\r\nAccept: */*\r\n\r\n";
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         request.parse(raw).unwrap();
@@ -465,7 +507,8 @@ mod tests {
         write_upstream_head(&mut out, &plain, "/a?q=1", b"backend:1", request.headers, &[(b"x-request-id", b"id")]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET /a?q=1 HTTP/1.1\r\nhost: backend:1\r\nAccept: */*\r\nx-forwarded-host: gw\r\nx-request-id: id\r\n\r\n"
+            "POST /a?q=1 HTTP/1.1\r\nhost: backend:1\r\nAccept: */*\r\ncontent-length: 5\r\nx-forwarded-host: gw\r\n\
+             x-request-id: id\r\n\r\n"
         );
     }
 
@@ -516,7 +559,8 @@ mod tests {
         let mut response = httparse::Response::new(&mut headers);
         response.parse(raw).unwrap();
         let mut out = Vec::new();
-        write_client_head(&mut out, &response, StatusCode::OK, b"id-1", true);
+        let answer = answer_of(&response, false).unwrap().unwrap();
+        write_client_head(&mut out, &response, &answer, b"id-1", true);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: yes\r\n\
@@ -526,7 +570,7 @@ mod tests {
 
     #[test]
     fn a_chunked_body_ends_after_its_last_chunk_and_trailers_however_it_is_split() {
-        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer-A: 1\r\n\r\n";
+        let body = b"5;ext=1\r\nhello\r\n10 ; ext\r\n0123456789abcdef\r\n0\r\nTrailer-A: 1\r\n\r\n";
         let mut whole = body.to_vec();
         whole.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         let mut chunks = Chunks::default();
@@ -546,7 +590,8 @@ mod tests {
 
     #[test]
     fn a_malformed_chunked_body_is_refused() {
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloX", b"\r\n", b"5\n", b"0\r\n\n", b"1234567890abcdef0\r\n"] {
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloX", b"\r\n", b"5\n", b"0\r\n\n", b"1234567890abcdef0\r\n", b"5 junk\r\n"]
+        {
             assert_eq!(Chunks::default().advance(bad), Err(BadChunk), "{}", String::from_utf8_lossy(bad));
         }
     }

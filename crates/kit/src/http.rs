@@ -126,9 +126,12 @@ pub async fn request_context(State(service): State<&'static str>, mut request: R
 
 /// The access log's line for one request, inside its span.
 pub fn log_served(span: &tracing::Span, status: axum::http::StatusCode, started: Instant) {
-    span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), latency_us = started.elapsed().as_micros() as u64, "request served")
-    });
+    log_served_after(span, status, started.elapsed());
+}
+
+/// [`log_served`] for a request answered `took` after it arrived.
+pub fn log_served_after(span: &tracing::Span, status: axum::http::StatusCode, took: std::time::Duration) {
+    span.in_scope(|| tracing::info!(status = status.as_u16(), latency_us = took.as_micros() as u64, "request served"));
 }
 
 /// Error responses made by the framework or by layers (405 with `Allow`, 413

@@ -97,12 +97,14 @@ async fn shutdown_lets_in_flight_requests_finish_and_then_stops_accepting() {
     let in_flight = tokio::spawn({
         let client = gw.gateway.client.clone();
         let url = url.clone();
-        async move { client.get(url).send().await.map(|r| r.status()) }
+        async move { client.get(url).send().await.map(|r| (r.status(), r.headers().get("connection").cloned())) }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     gw.gateway.shutdown();
-    let status = in_flight.await.unwrap().expect("the in-flight request is answered");
+    let (status, connection) = in_flight.await.unwrap().expect("the in-flight request is answered");
     assert_eq!(status, StatusCode::OK);
+    // Told not to send another request on that connection.
+    assert_eq!(connection.as_ref().and_then(|v| v.to_str().ok()), Some("close"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let refused = reqwest::Client::new().get(&url).timeout(Duration::from_secs(2)).send().await;
     assert!(refused.is_err(), "a new connection after the drain: {refused:?}");

@@ -233,7 +233,16 @@ fn framing_script(_method: &str, path: &str, _nth: usize) -> Act {
         )),
         "/until-close" => Act::AnswerThenClose(bytes("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of this")),
         "/garbage" => Act::Answer(bytes("SPEAKING SOMETHING ELSE\r\n\r\n")),
-        "/huge-head" => Act::Answer(bytes(&format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "b".repeat(20_000)))),
+        "/big-head" => Act::Answer(bytes(&format!(
+            "HTTP/1.1 200 OK\r\n{}x-big: {}\r\ncontent-length: 3\r\n\r\nbig",
+            "set-cookie: a=1\r\n".repeat(80),
+            "b".repeat(40_000)
+        ))),
+        "/huge-head" => Act::Answer(bytes(&format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "b".repeat(300_000)))),
+        "/bad-chunk" => Act::Answer(bytes("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")),
+        "/both-lengths" => Act::Answer(bytes(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )),
         _ => Act::Answer(bytes("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")),
     }
 }
@@ -273,6 +282,20 @@ async fn answers_are_relayed_however_they_are_framed_without_hop_by_hop_headers(
     assert_eq!(until_close.text().await.unwrap(), "all of this");
     problem(get("/garbage").await.unwrap(), StatusCode::BAD_GATEWAY, "BAD_GATEWAY").await;
     problem(get("/huge-head").await.unwrap(), StatusCode::BAD_GATEWAY, "BAD_GATEWAY").await;
+    problem(get("/bad-chunk").await.unwrap(), StatusCode::BAD_GATEWAY, "BAD_GATEWAY").await;
+    // Many cookies and a large header are relayed (as through hyper).
+    let big_head = get("/big-head").await.unwrap();
+    assert_eq!(big_head.headers().get_all("set-cookie").iter().count(), 80);
+    assert_eq!(big_head.text().await.unwrap(), "big");
+    // A length next to a transfer coding: the coding frames it, the length
+    // is not passed on, and that client connection is not used again.
+    let mut raw = TcpStream::connect(gw.gateway.addr()).await.unwrap();
+    raw.write_all(b"GET /raw/both-lengths HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+    let mut everything = Vec::new();
+    raw.read_to_end(&mut everything).await.unwrap();
+    let everything = String::from_utf8_lossy(&everything).to_ascii_lowercase();
+    assert!(!everything.contains("content-length") && everything.contains("connection: close"), "{everything}");
+    assert!(everything.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{everything}");
     // And the gateway still answers on new connections to the backend.
     assert_eq!(get("/early").await.unwrap().text().await.unwrap(), "hello");
 }
