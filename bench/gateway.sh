@@ -17,7 +17,7 @@
 # queued behind the other processes on the same two cores (the upstream
 # alone, driven directly, shows a p99 of several milliseconds that way). So
 # each round also paces the same requests at RATE per second in all (default
-# 8000, well below every target's capacity) over the same CONNECTIONS
+# 4000, a tenth of what each target can take) over the same CONNECTIONS
 # (`paced_load`, an example of the gateway crate, which times each request
 # from its write to its whole answer) and reports the latency a client sees
 # then.
@@ -32,7 +32,7 @@ DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
-RATE=${RATE:-8000}
+RATE=${RATE:-4000}
 UPSTREAM_PORT=18080 NGINX_PORT=18081 BARE_PORT=18083 GATEWAY_PORT=18090 AUTH_PORT=18091 EVENTS_PORT=18092
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }

@@ -59,22 +59,43 @@ async fn drive(
     every: Duration,
     end: Instant,
 ) -> anyhow::Result<(Vec<Duration>, u64)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect(addr).await?;
     let (mut latencies, mut errors) = (Vec::new(), 0);
     let mut buffer = Vec::with_capacity(4096);
     let mut next = first;
     while next < end {
         tokio::time::sleep_until(next.into()).await;
-        let sent = Instant::now();
-        stream.write_all(request).await?;
-        let ok = read_answer(&mut stream, &mut buffer).await?;
+        let mut sent = Instant::now();
+        let ok = match exchange(&mut stream, request, &mut buffer).await {
+            Ok(ok) => ok,
+            // A server may close a kept-alive connection after so many
+            // requests (nginx's `keepalive_requests`): the request goes
+            // again on a new one, timed from there, as a browser would.
+            Err(_) => {
+                stream = connect(addr).await?;
+                buffer.clear();
+                sent = Instant::now();
+                exchange(&mut stream, request, &mut buffer).await?
+            }
+        };
         latencies.push(sent.elapsed());
         errors += u64::from(!ok);
         // A request that came back late does not make the next ones crowd in.
         next = (next + every).max(Instant::now());
     }
     Ok((latencies, errors))
+}
+
+async fn connect(addr: &str) -> anyhow::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Sends the request and reads its answer; whether it was a 200.
+async fn exchange(stream: &mut TcpStream, request: &[u8], buffer: &mut Vec<u8>) -> anyhow::Result<bool> {
+    stream.write_all(request).await?;
+    read_answer(stream, buffer).await
 }
 
 /// Reads one answer with a `Content-Length`; whether it was a 200.

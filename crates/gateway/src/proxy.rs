@@ -56,6 +56,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// What one serving thread keeps for the requests it serves.
 pub struct Here {
@@ -361,7 +362,10 @@ fn rewrite_request_headers(headers: &mut HeaderMap, peer: &Peer) {
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(X_FORWARDED_HOST, host);
     }
-    // A client-sent X-Forwarded-For is not trusted.
+    // A client's word on where it is, in any of the usual headers, is not
+    // passed on: backends learn the address from the proof and this.
+    headers.remove(header::FORWARDED);
+    headers.remove(X_REAL_IP);
     headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }

@@ -134,6 +134,8 @@ fn is_replaced_request_header(name: &[u8]) -> bool {
             b"x-forwarded-for",
             b"x-forwarded-host",
             b"x-forwarded-proto",
+            b"forwarded",
+            b"x-real-ip",
         ]
         .iter()
         .any(|own| name.eq_ignore_ascii_case(own))
@@ -498,7 +500,7 @@ mod tests {
     fn the_upstream_head_carries_the_clients_headers_without_the_replaced_ones() {
         let raw =
             b"POST /svc/a?q=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nX-User-Id: 1\r\nX-Request-Id: r\r\n\
-                    x-forwarded-for: 6.6.6.6\r\nTE: trailers\r\nContent-Length: 05\r\ncontent-length: 5\r\nAccept: */*\r\n\r\n";
+                    x-forwarded-for: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nTE: trailers\r\nContent-Length: 05\r\ncontent-length: 5\r\nAccept: */*\r\n\r\n";
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         request.parse(raw).unwrap();
