@@ -298,9 +298,10 @@ impl hyper::body::Body for ResponseBody {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
-            // The server stops polling once the body says it has ended.
+            // The server stops polling once the body says it has ended, or
+            // once it has the trailers (always the last frame).
             None => this.release(),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
+            Some(Ok(frame)) if frame.is_trailers() || this.inner.is_end_stream() => this.release(),
             Some(Err(_)) => this.connection = None,
             Some(Ok(_)) => {}
         }

@@ -298,6 +298,25 @@ async fn answers_are_relayed_however_they_are_framed_without_hop_by_hop_headers(
     assert!(everything.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{everything}");
     // And the gateway still answers on new connections to the backend.
     assert_eq!(get("/early").await.unwrap().text().await.unwrap(), "hello");
+
+    // On a connection handed to hyper (by a chunked upload) too, an answer
+    // that ends with trailers gives its upstream connection back whole.
+    let before = backend.seen().len();
+    let mut raw = TcpStream::connect(gw.gateway.addr()).await.unwrap();
+    raw.write_all(
+        b"POST /echo/upload HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n\
+          GET /raw/chunked HTTP/1.1\r\nhost: gw\r\n\r\n\
+          GET /raw/hop HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut everything = Vec::new();
+    raw.read_to_end(&mut everything).await.unwrap();
+    let everything = String::from_utf8_lossy(&everything);
+    assert_eq!(everything.matches("HTTP/1.1 200").count(), 3, "{everything}");
+    let seen = &backend.seen()[before..];
+    assert_eq!(seen.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(), ["/chunked", "/hop"]);
+    assert_eq!(seen[0].connection, seen[1].connection, "{seen:?}");
 }
 
 fn closes_after_one(_method: &str, _path: &str, nth: usize) -> Act {
