@@ -31,8 +31,9 @@ pub struct GatewaySettings {
     pub token_cache_size: usize,
     /// How long a backend may take to start answering, in milliseconds (then 504).
     pub timeout_ms: u64,
-    /// How long a client may take to send a request's head, and how long a
-    /// keep-alive connection may sit idle between requests (then it is
+    /// How long a client may take to send a request's head, how long a
+    /// keep-alive connection may sit idle between requests, and how long an
+    /// answer may wait for the client to read it (then the connection is
     /// closed; 0: no limit).
     pub header_timeout_ms: u64,
     /// Largest accepted request body, in bytes (then 413).

@@ -68,9 +68,10 @@ const DISCARD_MAX: u64 = 64 * 1024;
 /// until the client or the drain closes it or a request needs hyper.
 pub async fn serve(state: Rc<ThreadState>, stream: TcpStream, peer: SocketAddr, watched: Watched) {
     let peer = Rc::new(Peer::new(peer));
-    let mut client = Client { stream, wrote: false };
-    let mut inbound = Inbound::new();
     let header_timeout = Duration::from_millis(state.gateway.settings.header_timeout_ms);
+    let send_timeout = (!header_timeout.is_zero()).then_some(header_timeout);
+    let mut client = Client { stream, wrote: false, send_timeout };
+    let mut inbound = Inbound::new();
     'requests: loop {
         // Slow clients (a head sent a byte at a time) and idle keep-alive
         // connections are closed once this passes.
@@ -188,12 +189,33 @@ impl Inbound {
 struct Client {
     stream: TcpStream,
     wrote: bool,
+    /// How long an answer may wait for the client to read it (none: for ever).
+    send_timeout: Option<Duration>,
 }
 
 impl Client {
+    /// Writes `bytes`, or fails when the client leaves them unread for the
+    /// send timeout (a client that asks and never reads must not hold an
+    /// upstream connection for good).
     async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.wrote = true;
-        self.stream.write_all(bytes).await
+        // Nearly always the socket takes it all at once: no deadline then.
+        let sent = match self.stream.try_write(bytes) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(err) => return Err(err),
+        };
+        let rest = &bytes[sent..];
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let writing = self.stream.write_all(rest);
+        match self.send_timeout {
+            Some(timeout) => deadline::until(Instant::now() + timeout, writing)
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+            None => writing.await,
+        }
     }
 }
 

@@ -18,6 +18,11 @@ enum Act {
     AnswerThenClose(Vec<u8>),
     /// Reads the request and closes the connection without answering.
     CloseUnanswered,
+    /// Answers with a head saying `Content-Length: len`, then sends zeros
+    /// until they are all sent or nobody takes them.
+    Stream {
+        len: usize,
+    },
 }
 
 /// One request a raw backend received: its connection, method and path.
@@ -89,6 +94,21 @@ async fn serve_raw(
                 return;
             }
             Act::CloseUnanswered => return,
+            Act::Stream { len } => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let zeros = vec![0u8; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(zeros.len());
+                    if stream.write_all(&zeros[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            }
         }
     }
 }
@@ -366,4 +386,35 @@ async fn a_kept_alive_upstream_connection_that_closes_is_retried_for_a_get_but_a
         assert_eq!(response.status(), StatusCode::OK, "{method}");
     }
     assert_eq!(silent.seen().len(), 5);
+}
+
+fn streams_a_lot(_method: &str, _path: &str, _nth: usize) -> Act {
+    Act::Stream { len: 1 << 30 }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_an_answer_unread_is_cut_off_after_the_send_timeout() {
+    use std::time::{Duration, Instant};
+    let gw = TestGateway::start_with(|s| s.header_timeout_ms = 300).await;
+    let backend = RawBackend::start(streams_a_lot).await;
+    register_raw(&gw, &backend).await;
+    // A small receive window, so that the answer cannot all sit in buffers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let mut reader = socket.connect(gw.gateway.addr().parse().unwrap()).await.unwrap();
+    reader.write_all(b"GET /raw/a-gigabyte HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+    // Reads nothing for a while: the gateway gives up on the answer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let mut received = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection stayed open after the send timeout ({received} bytes read)"),
+        }
+    }
+    assert!(received < 256 << 20, "{received} bytes arrived: nothing was cut off");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
