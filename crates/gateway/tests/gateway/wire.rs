@@ -418,3 +418,31 @@ async fn a_client_that_leaves_an_answer_unread_is_cut_off_after_the_send_timeout
     assert!(received < 256 << 20, "{received} bytes arrived: nothing was cut off");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn many_requests_at_once_each_get_their_own_answer() {
+    let gw = TestGateway::start().await;
+    // Separate clients, so that the requests come over many connections to
+    // both serving threads and share pooled upstream connections.
+    let clients: Vec<reqwest::Client> = (0..8).map(|_| reqwest::Client::new()).collect();
+    let n = 240;
+    let results = rewards_kit::testing::all_at_once(n, |i| {
+        let client = &clients[i % clients.len()];
+        let id = format!("req-{i}");
+        match i % 3 {
+            0 => client.get(gw.gateway.url(&format!("/echo/public?i={i}"))).header("x-request-id", id),
+            // Bodies of different lengths, some past one read's worth.
+            _ => client.post(gw.gateway.url("/echo/upload")).header("x-request-id", id).body(vec![b'b'; i * 97]),
+        }
+    })
+    .await;
+    for (i, (status, seen)) in results.iter().enumerate() {
+        assert_eq!(*status, StatusCode::OK, "request {i}: {seen}");
+        assert_eq!(seen["requestIds"], json!([format!("req-{i}")]), "request {i} got another's answer");
+        match i % 3 {
+            0 => assert_eq!(seen["uri"], format!("/public?i={i}")),
+            _ => assert_eq!(seen["bodyLength"], i * 97),
+        }
+    }
+    assert_eq!(gw.echo.hits(), n);
+}
