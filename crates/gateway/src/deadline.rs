@@ -4,8 +4,11 @@
 //! cleared every time, a large share of the gateway's own work per request.
 //! Route timeouts are seconds long and need no millisecond precision, so
 //! each serving thread keeps its requests' deadlines in a table instead, and
-//! one ticker checks them every [`TICK`] while any are pending (and sleeps
-//! while none are). A request's deadline therefore fires up to one tick late.
+//! one ticker walks it when the earliest deadline is due: at most every
+//! [`TICK`], at least every [`MAX_SLEEP`] while any are pending, not at all
+//! while none are. A request's deadline therefore fires up to one tick late.
+//! Only a deadline sooner than the ticker's plan (a route timeout under a
+//! second) wakes the ticker to plan again.
 //! The same table times how long a client takes to send a request's head
 //! ([`ThreadTimer`], hyper's timer for its header-read timeout).
 
@@ -18,8 +21,11 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-/// How often pending deadlines are checked, and so how late one may fire.
+/// How often pending deadlines may be checked at the most, and so how late
+/// one may fire.
 pub const TICK: Duration = Duration::from_millis(10);
+/// The longest the ticker sleeps while deadlines are pending.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// The deadline passed before the future finished.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,13 +39,19 @@ struct Pending {
 
 struct Table {
     pending: Slab<Pending>,
-    /// The ticker, parked while nothing is pending.
+    /// The ticker, parked while nothing is pending or asleep until `wake_at`.
     ticker: Option<Waker>,
+    /// When the sleeping ticker walks the table next (none: parked, or
+    /// about to walk it).
+    wake_at: Option<Instant>,
     ticking: bool,
+    /// How many times the ticker has walked the table (for tests).
+    walks: u64,
 }
 
 thread_local! {
-    static TABLE: RefCell<Table> = const { RefCell::new(Table { pending: Slab::new(), ticker: None, ticking: false }) };
+    static TABLE: RefCell<Table> =
+        const { RefCell::new(Table { pending: Slab::new(), ticker: None, wake_at: None, ticking: false, walks: 0 }) };
 }
 
 /// Runs `future` until `at`; after that it is dropped and [`Elapsed`] returned.
@@ -82,13 +94,22 @@ struct Entry {
 
 impl Entry {
     fn new(at: Instant) -> Self {
-        let (key, idle_ticker) = TABLE.with_borrow_mut(|table| {
+        let (key, ticker) = TABLE.with_borrow_mut(|table| {
             debug_assert!(table.ticking, "deadlines need spawn_ticker on this thread");
-            let idle_ticker = if table.pending.is_empty() { table.ticker.take() } else { None };
-            (table.pending.insert(Pending { at, waker: None, expired: false }), idle_ticker)
+            let ticker = match table.wake_at {
+                // Parked: there is something to wait for now.
+                None if table.pending.is_empty() => table.ticker.take(),
+                // Asleep past this deadline: it plans again.
+                Some(planned) if at < planned => {
+                    table.wake_at = Some(at);
+                    table.ticker.take()
+                }
+                _ => None,
+            };
+            (table.pending.insert(Pending { at, waker: None, expired: false }), ticker)
         });
         // Woken outside the borrow, as everywhere here.
-        if let Some(ticker) = idle_ticker {
+        if let Some(ticker) = ticker {
             ticker.wake();
         }
         Self { key, table: table_id() }
@@ -170,14 +191,16 @@ impl Future for TableSleep {
 impl hyper::rt::Sleep for TableSleep {}
 
 /// Starts this thread's ticker (on its `LocalSet`), which wakes the requests
-/// whose deadline has passed, every [`TICK`] while any are pending.
+/// whose deadline has passed.
 pub fn spawn_ticker() {
     TABLE.with_borrow_mut(|table| table.ticking = true);
     tokio::task::spawn_local(run_ticker());
 }
 
 async fn run_ticker() {
+    let mut walked = Instant::now();
     loop {
+        // Parked while nothing is pending.
         std::future::poll_fn(|cx| {
             TABLE.with_borrow_mut(|table| {
                 if table.pending.is_empty() {
@@ -189,25 +212,64 @@ async fn run_ticker() {
             })
         })
         .await;
-        tokio::time::sleep(TICK).await;
-        expire(Instant::now());
+        let now = Instant::now();
+        // Not walked more often than every tick.
+        if now >= walked + TICK {
+            walked = now;
+            let Some(earliest) = expire(now) else { continue };
+            sleep_until_due(earliest.clamp(now + TICK, now + MAX_SLEEP)).await;
+        } else {
+            sleep_until_due(walked + TICK).await;
+        }
     }
 }
 
-fn expire(now: Instant) {
+/// Sleeps until `wake_at`, or the sooner deadline a new entry asks for.
+async fn sleep_until_due(wake_at: Instant) {
+    TABLE.with_borrow_mut(|table| table.wake_at = Some(wake_at));
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(wake_at.into()));
+    let mut planned = wake_at;
+    std::future::poll_fn(|cx| {
+        let asked = TABLE.with_borrow_mut(|table| {
+            table.ticker = Some(cx.waker().clone());
+            table.wake_at
+        });
+        if let Some(asked) = asked.filter(|asked| *asked < planned) {
+            planned = asked;
+            sleep.as_mut().reset(asked.into());
+        }
+        let woke = sleep.as_mut().poll(cx);
+        if woke.is_ready() {
+            TABLE.with_borrow_mut(|table| {
+                table.wake_at = None;
+                table.ticker = None;
+            });
+        }
+        woke
+    })
+    .await;
+}
+
+/// Wakes the requests whose deadline has passed; the earliest deadline
+/// still to come, if any.
+fn expire(now: Instant) -> Option<Instant> {
+    let mut earliest: Option<Instant> = None;
     let due: Vec<Waker> = TABLE.with_borrow_mut(|table| {
-        table
-            .pending
-            .iter_mut()
-            .filter(|(_, p)| !p.expired && p.at <= now)
-            .filter_map(|(_, p)| {
-                p.expired = true;
-                p.waker.take()
-            })
-            .collect()
+        table.walks += 1;
+        let mut due = Vec::new();
+        for (_, pending) in table.pending.iter_mut().filter(|(_, p)| !p.expired) {
+            if pending.at <= now {
+                pending.expired = true;
+                due.extend(pending.waker.take());
+            } else {
+                earliest = Some(earliest.map_or(pending.at, |e| e.min(pending.at)));
+            }
+        }
+        due
     });
     // Woken outside the borrow: a woken task may be polled at once.
     due.into_iter().for_each(Waker::wake);
+    earliest
 }
 
 #[cfg(test)]
@@ -245,6 +307,30 @@ mod tests {
         assert_eq!(out, Err(Elapsed));
         assert!(waited >= Duration::from_millis(50), "not before the deadline: {waited:?}");
         assert!(waited < Duration::from_millis(50) + 10 * TICK, "about when it was due: {waited:?}");
+    }
+
+    #[test]
+    fn the_ticker_sleeps_until_the_earliest_deadline_and_a_sooner_one_wakes_it() {
+        on_a_local_set(async {
+            let far = until(Instant::now() + Duration::from_secs(30), std::future::pending::<()>());
+            let walks_before = TABLE.with_borrow(|t| t.walks);
+            let watching = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let walks = TABLE.with_borrow(|t| t.walks) - walks_before;
+                // Every tick would be 30 walks; asleep until the deadline or a second, one or two.
+                assert!(walks <= 2, "the ticker walked {walks} times with one deadline 30 s away");
+                // A sooner deadline, while the ticker sleeps for a second: on time.
+                let started = Instant::now();
+                let soon = until(started + Duration::from_millis(50), std::future::pending::<()>()).await;
+                let waited = started.elapsed();
+                assert_eq!(soon, Err(Elapsed));
+                assert!(waited < Duration::from_millis(50) + 3 * TICK, "fired late: {waited:?}");
+            };
+            tokio::select! {
+                _ = far => panic!("the far deadline fired"),
+                _ = watching => {}
+            }
+        });
     }
 
     #[test]
