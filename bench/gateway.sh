@@ -101,36 +101,46 @@ test "$(curl -fs -H "authorization: Bearer $token" "http://127.0.0.1:$GATEWAY_PO
 
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 
-run() { # url pids... -> "rps p50_ms p99_ms non2xx cpu_us_per_request"
-  local out before after
-  before=$(cpu_ticks "${@:2}")
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $token" "$1")
-  after=$(cpu_ticks "${@:2}")
+# Runs a load command that prints "rps p50_ms p99_ms errors" while counting
+# the CPU of the given processes; prints that line with the CPU microseconds
+# per request appended.
+with_cpu() { # "pids" command...
+  local pids=$1 out before after
+  shift
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks $pids)
+  out=$("$@")
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $pids)
   python3 - "$out" "$((after - before))" "$(getconf CLK_TCK)" "$DURATION" <<'PY'
+import sys
+(rps, p50, p99, errors), ticks, hz, duration = sys.argv[1].split(), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+print(f"{rps} {p50} {p99} {errors} {ticks / hz / (float(rps) * duration) * 1e6:.1f}")
+PY
+}
+
+wrk_load() { # url -> "rps p50_ms p99_ms non2xx"
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Authorization: Bearer $token" "$1")
+  python3 - "$out" <<'PY'
 import re, sys
-out, ticks, hz, duration = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+out = sys.argv[1]
 def ms(label):
     m = re.search(r"^\s*" + label + r"\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     v, unit = float(m.group(1)), m.group(2)
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-cpu_us = ticks / hz / (rps * duration) * 1e6
-print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {errors.group(1) if errors else 0} {cpu_us:.1f}")
+print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {errors.group(1) if errors else 0}")
 PY
 }
 
-paced() { # addr path pids... -> "rps p50_ms p99_ms errors cpu_us_per_request"
-  local out before after
-  before=$(cpu_ticks "${@:3}")
-  out=$(target/release/examples/paced_load "$1" "$2" "$CONNECTIONS" "$RATE" "$DURATION" "$token")
-  after=$(cpu_ticks "${@:3}")
-  python3 - "$out" "$((after - before))" "$(getconf CLK_TCK)" "$DURATION" <<'PY'
-import sys
-(rps, p50, p99, errors), ticks, hz, duration = sys.argv[1].split(), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-cpu_us = ticks / hz / (float(rps) * duration) * 1e6
-print(f"{rps} {p50} {p99} {errors} {cpu_us:.1f}")
-PY
+run() { # url pids... -> "rps p50_ms p99_ms non2xx cpu_us_per_request", flat out
+  with_cpu "${*:2}" wrk_load "$1"
+}
+
+paced() { # addr path pids... -> "rps p50_ms p99_ms errors cpu_us_per_request", at RATE
+  with_cpu "${*:3}" target/release/examples/paced_load "$1" "$2" "$CONNECTIONS" "$RATE" "$DURATION" "$token"
 }
 
 echo "warming up..."

@@ -44,6 +44,15 @@ use crate::server::{ThreadState, Watched, serve_with_hyper};
 use crate::upstream;
 use crate::wire::{self, Answer, Chunks, Framing, MAX_HEADERS, Plain};
 
+/// Headers of a locally made answer that its writer sets itself.
+const WRITTEN_HERE: [header::HeaderName; 5] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::DATE,
+    rewards_kit::http::REQUEST_ID,
+];
+
 /// Logged and counted for a client that left in the middle of sending its
 /// body (nginx's "client closed request").
 const CLIENT_CLOSED: u16 = 499;
@@ -69,8 +78,8 @@ const DISCARD_MAX: u64 = 64 * 1024;
 pub async fn serve(state: Rc<ThreadState>, stream: TcpStream, peer: SocketAddr, watched: Watched) {
     let peer = Rc::new(Peer::new(peer));
     let header_timeout = Duration::from_millis(state.gateway.settings.header_timeout_ms);
-    let send_timeout = (!header_timeout.is_zero()).then_some(header_timeout);
-    let mut client = Client { stream, wrote: false, send_timeout };
+    let timeout = (!header_timeout.is_zero()).then_some(header_timeout);
+    let mut client = Client { stream, wrote: false, timeout };
     let mut inbound = Inbound::new();
     'requests: loop {
         // Slow clients (a head sent a byte at a time) and idle keep-alive
@@ -189,8 +198,9 @@ impl Inbound {
 struct Client {
     stream: TcpStream,
     wrote: bool,
-    /// How long an answer may wait for the client to read it (none: for ever).
-    send_timeout: Option<Duration>,
+    /// How long an answer may wait for the client to read it, and a refused
+    /// body for the client to send it (`header_timeout_ms`; none: for ever).
+    timeout: Option<Duration>,
 }
 
 impl Client {
@@ -210,7 +220,7 @@ impl Client {
             return Ok(());
         }
         let writing = self.stream.write_all(rest);
-        match self.send_timeout {
+        match self.timeout {
             Some(timeout) => deadline::until(Instant::now() + timeout, writing)
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
@@ -280,14 +290,14 @@ async fn serve_request(
     // request's head is where the connection goes on.
     let unread = exchange.unread.get();
     if served.keep && unread > 0 {
-        let timeout = Duration::from_millis(state.gateway.settings.header_timeout_ms);
-        return discard(client, unread, &mut scratch, timeout).await;
+        return discard(client, unread, &mut scratch).await;
     }
     served.keep
 }
 
 /// Reads and drops `len` bytes of a request body; whether they all came.
-async fn discard(client: &mut Client, len: u64, scratch: &mut Scratch, timeout: Duration) -> bool {
+async fn discard(client: &mut Client, len: u64, scratch: &mut Scratch) -> bool {
+    let timeout = client.timeout;
     let reading = async {
         let mut left = len;
         while left > 0 {
@@ -299,10 +309,9 @@ async fn discard(client: &mut Client, len: u64, scratch: &mut Scratch, timeout: 
         }
         true
     };
-    if timeout.is_zero() {
-        reading.await
-    } else {
-        deadline::until(Instant::now() + timeout, reading).await.unwrap_or(false)
+    match timeout {
+        Some(timeout) => deadline::until(Instant::now() + timeout, reading).await.unwrap_or(false),
+        None => reading.await,
     }
 }
 
@@ -652,12 +661,11 @@ impl Exchange<'_> {
         out.clear();
         wire::write_status_line(out, parts.status, None);
         for (name, value) in &parts.headers {
-            let framed_here = [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONNECTION, header::DATE];
-            if !framed_here.contains(name) && name != rewards_kit::http::REQUEST_ID {
+            if !WRITTEN_HERE.contains(name) {
                 wire::write_header(out, name.as_str().as_bytes(), value.as_bytes());
             }
         }
-        wire::write_header(out, b"content-length", body.len().to_string().as_bytes());
+        wire::write_number_header(out, b"content-length", body.len() as u64);
         wire::write_date(out);
         wire::finish_client_head(out, self.request_id, close);
         out.extend_from_slice(&body);

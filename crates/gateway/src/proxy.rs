@@ -40,17 +40,10 @@ use crate::metrics::Recorder;
 use crate::registry::{Instance, Registry, Route, Service};
 use crate::upstream::{self, Client, Failure, RequestBody};
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+/// Headers that describe one hop, never forwarded (the list is the own
+/// HTTP/1 path's, [`crate::wire::is_hop_by_hop`]).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // Compared with constants one by one: most are standard headers, and a
-    // standard header compares as a number.
-    *name == header::CONNECTION
-        || *name == header::PROXY_AUTHENTICATE
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::UPGRADE
-        || name.as_str() == "keep-alive"
+    crate::wire::is_hop_by_hop(name.as_str().as_bytes())
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -180,12 +180,23 @@ fn put_idle(instance: u64, sender: Sender) {
     if sender.is_closed() {
         return;
     }
-    POOLS.with_borrow_mut(|pools| {
-        let idle = pools.entry(instance).or_default();
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle { sender, since: Instant::now() });
-        }
-    });
+    POOLS.with_borrow_mut(|pools| keep_idle(pools, instance, Idle { sender, since: Instant::now() }));
+}
+
+/// Adds an idle connection to its instance's pool, unless that is full.
+fn keep_idle<T>(pools: &mut FastMap<u64, Vec<T>>, instance: u64, connection: T) {
+    let idle = pools.entry(instance).or_default();
+    if idle.len() < MAX_IDLE {
+        idle.push(connection);
+    }
+}
+
+/// Keeps the idle connections `keep` says to, and drops emptied pools.
+fn prune<T>(pools: &mut FastMap<u64, Vec<T>>, mut keep: impl FnMut(&T) -> bool) {
+    for idle in pools.values_mut() {
+        idle.retain(&mut keep);
+    }
+    pools.retain(|_, idle| !idle.is_empty());
 }
 
 /// A new TCP connection to `instance`, or why there is none.
@@ -215,12 +226,7 @@ pub fn take_raw(instance: u64) -> Option<TcpStream> {
 }
 
 pub fn put_raw(instance: u64, stream: TcpStream) {
-    RAW_POOLS.with_borrow_mut(|pools| {
-        let idle = pools.entry(instance).or_default();
-        if idle.len() < MAX_IDLE {
-            idle.push((stream, Instant::now()));
-        }
-    });
+    RAW_POOLS.with_borrow_mut(|pools| keep_idle(pools, instance, (stream, Instant::now())));
 }
 
 /// An idle connection has nothing to read: if the runtime saw it become
@@ -256,18 +262,9 @@ async fn connect(instance: &Instance) -> Result<Sender, Failure> {
 /// Closes this thread's connections that have been idle too long (called
 /// now and then by each serving thread).
 pub fn close_idle_here() {
-    POOLS.with_borrow_mut(|pools| {
-        for idle in pools.values_mut() {
-            idle.retain(|i| i.since.elapsed() < IDLE_TIMEOUT && !i.sender.is_closed());
-        }
-        pools.retain(|_, idle| !idle.is_empty());
-    });
-    RAW_POOLS.with_borrow_mut(|pools| {
-        for idle in pools.values_mut() {
-            idle.retain(|(stream, since)| since.elapsed() < IDLE_TIMEOUT && looks_open(stream));
-        }
-        pools.retain(|_, idle| !idle.is_empty());
-    });
+    POOLS.with_borrow_mut(|pools| prune(pools, |i| i.since.elapsed() < IDLE_TIMEOUT && !i.sender.is_closed()));
+    RAW_POOLS
+        .with_borrow_mut(|pools| prune(pools, |(stream, since)| since.elapsed() < IDLE_TIMEOUT && looks_open(stream)));
 }
 
 /// A backend's response body, relayed as it arrives. Its connection returns

@@ -81,7 +81,7 @@ pub fn classify<'b>(request: &httparse::Request<'_, 'b>) -> Option<Plain<'b>> {
             // The first one counts; every one is replaced (see `write_upstream_head`).
             plain.request_id.get_or_insert(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            match trim(value) {
+            match value.trim_ascii() {
                 v if v.eq_ignore_ascii_case(b"keep-alive") => {}
                 v if v.eq_ignore_ascii_case(b"close") => plain.close = true,
                 _ => return None,
@@ -110,12 +110,9 @@ fn is_query_byte(b: u8) -> bool {
     matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E)
 }
 
-fn trim(value: &[u8]) -> &[u8] {
-    value.trim_ascii()
-}
-
-/// Headers that describe one hop (RFC 9110 §7.6.1), never relayed.
-fn is_hop_by_hop(name: &[u8]) -> bool {
+/// Headers that describe one hop (RFC 9110 §7.6.1), never relayed (the
+/// hyper path asks here too).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
     [&b"connection"[..], b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer", b"upgrade"]
         .iter()
         .any(|hop| name.eq_ignore_ascii_case(hop))
@@ -164,7 +161,7 @@ pub fn write_upstream_head(
     // One length, as the gateway read it (a client's `05` or repeated
     // header is not passed on for the backend to read its own way).
     if plain.body_length > 0 {
-        write_header(out, b"content-length", plain.body_length.to_string().as_bytes());
+        write_number_header(out, b"content-length", plain.body_length);
     }
     if let Some(host) = plain.host {
         write_header(out, b"x-forwarded-host", host);
@@ -180,6 +177,14 @@ pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A header whose value is a number, written without a string in between.
+pub fn write_number_header(out: &mut Vec<u8>, name: &[u8], value: u64) {
+    use std::io::Write as _;
+    out.extend_from_slice(name);
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, ": {value}\r\n");
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3).
@@ -240,7 +245,7 @@ pub fn answer_of(response: &httparse::Response<'_, '_>, to_head: bool) -> Result
             length = Some(parsed);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // The last coding listed decides; only chunked ends on its own.
-            let last = value.rsplit(|b| *b == b',').next().map(trim).unwrap_or_default();
+            let last = value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii).unwrap_or_default();
             chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") && has_token(value, b"close") {
             close = true;
@@ -264,7 +269,7 @@ pub fn answer_of(response: &httparse::Response<'_, '_>, to_head: bool) -> Result
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
-    let digits = trim(value);
+    let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -272,7 +277,7 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 }
 
 fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|b| *b == b',').any(|t| trim(t).eq_ignore_ascii_case(token))
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The head the client gets for an upstream answer: its status, its headers

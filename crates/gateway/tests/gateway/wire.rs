@@ -147,9 +147,9 @@ async fn read_answer(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> (String, V
     (head, buffer.drain(..length).collect())
 }
 
-async fn register_raw(gw: &TestGateway, backend: &RawBackend) {
-    let admin = gw.login("admin", ADMIN_PASSWORD).await;
-    let spec = json!({
+/// The `raw` service, public GET and POST routes, on `backend`.
+fn raw_spec(backend: &RawBackend) -> Value {
+    json!({
         "name": "raw",
         "prefix": "/raw",
         "instances": [backend.url],
@@ -157,9 +157,18 @@ async fn register_raw(gw: &TestGateway, backend: &RawBackend) {
             { "method": "GET", "path": "/{what}", "public": true },
             { "method": "POST", "path": "/{what}", "public": true },
         ]
-    });
+    })
+}
+
+/// Registers the `raw` service on `backend`; returns a client of its own to
+/// call it with (the gateway's test client sent bodies while registering, so
+/// its connection is served by hyper).
+async fn register_raw(gw: &TestGateway, backend: &RawBackend) -> reqwest::Client {
+    let admin = gw.login("admin", ADMIN_PASSWORD).await;
+    let spec = raw_spec(backend);
     let response = gw.call(Method::POST, "/gateway/services", Some(&admin)).json(&spec).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
+    reqwest::Client::new()
 }
 
 #[tokio::test]
@@ -271,10 +280,7 @@ fn framing_script(_method: &str, path: &str, _nth: usize) -> Act {
 async fn answers_are_relayed_however_they_are_framed_without_hop_by_hop_headers() {
     let gw = TestGateway::start().await;
     let backend = RawBackend::start(framing_script).await;
-    register_raw(&gw, &backend).await;
-    // A client of its own: the one that registered the backend sent bodies,
-    // so its connection is served by hyper.
-    let client = reqwest::Client::new();
+    let client = register_raw(&gw, &backend).await;
     let get = |path: &str| client.get(gw.gateway.url(&format!("/raw{path}"))).header("x-request-id", "mine").send();
 
     let early = get("/early").await.unwrap();
@@ -355,10 +361,7 @@ fn closes_silently(_method: &str, _path: &str, _nth: usize) -> Act {
 async fn a_kept_alive_upstream_connection_that_closes_is_retried_for_a_get_but_a_post_is_never_sent_twice() {
     let gw = TestGateway::start().await;
     let backend = RawBackend::start(closes_after_one).await;
-    register_raw(&gw, &backend).await;
-    // A client of its own: the one that registered the backend sent bodies,
-    // so its connection is served by hyper.
-    let client = reqwest::Client::new();
+    let client = register_raw(&gw, &backend).await;
     let call = |method: Method| client.request(method, gw.gateway.url("/raw/x")).send();
 
     assert_eq!(call(Method::GET).await.unwrap().status(), StatusCode::OK);
@@ -377,9 +380,8 @@ async fn a_kept_alive_upstream_connection_that_closes_is_retried_for_a_get_but_a
     // saying so: the gateway sees the closed connection before using it.
     let silent = RawBackend::start(closes_silently).await;
     let admin = gw.login("admin", ADMIN_PASSWORD).await;
-    let spec = json!({ "name": "raw", "prefix": "/raw", "instances": [silent.url],
-        "routes": [{ "method": "GET", "path": "/{what}", "public": true }, { "method": "POST", "path": "/{what}", "public": true }] });
-    let replaced = gw.call(Method::POST, "/gateway/services", Some(&admin)).json(&spec).send().await.unwrap();
+    let replaced =
+        gw.call(Method::POST, "/gateway/services", Some(&admin)).json(&raw_spec(&silent)).send().await.unwrap();
     assert_eq!(replaced.status(), StatusCode::OK);
     for method in [Method::GET, Method::POST, Method::POST, Method::GET, Method::POST] {
         let response = call(method.clone()).await.unwrap();
