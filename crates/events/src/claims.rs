@@ -1,15 +1,11 @@
-//! Reward claims: the rule in the contract's order, decided by the database.
+//! Reward claims: the claim path, the lists, and the operators' steps.
 //!
-//! `POST /reward-claims` answers: 404 (no such event, or the reward is not
-//! its) → 400 `EVENT_NOT_ACTIVE` → 409 `DUPLICATE_CLAIM` → 400
-//! `CONDITION_NOT_MET` (recorded as one `REJECTED` claim per player and
-//! reward, refreshed on retries) → 409 `OUT_OF_STOCK` → 201. The decisive
-//! steps run in one transaction: the claim takes one of the reward's per-user
-//! slots (a unique index on user, reward and slot: no player ever holds more
-//! than `perUserLimit` live claims), stock is taken by a guarded decrement
-//! (`remaining > 0`: never below zero, one unit per grant), the transition and
-//! the payout are recorded, and the idempotency key's answer is stored — all
-//! committed together, and only then does the client hear 201.
+//! `POST /reward-claims` follows [`crate::rule`]: the early refusals from the
+//! claim path's memory of the catalog, the condition's verdict, then the
+//! grant's batch ([`crate::commit`]) decides and writes the rest in one
+//! transaction — and only then does the client hear its answer.
+
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -19,7 +15,7 @@ use rewards_kit::clock::{from_micros, to_micros};
 use rewards_kit::extract::{Json, Path, Query};
 use rewards_kit::identity::{Caller, Identity, Role};
 use rewards_kit::page::{Cursor, Page, PageRequest, keyset_condition};
-use rewards_kit::problem::{FieldError, PROBLEM_JSON, ProblemCode, ProblemSchema};
+use rewards_kit::problem::{FieldError, ProblemCode, ProblemSchema};
 use rewards_kit::{Problem, with_pool, with_write_tx};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,18 +24,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::batch::{self, TransitionRow};
-use crate::commit::{Announced, Grant, Outcome};
+use crate::commit::{Grant, GrantError};
 use crate::condition::Condition;
+use crate::domain::ClaimStatus;
 use crate::evaluator::Ledger;
+use crate::keys::{self, Answer, Begun};
+use crate::rule::{self, Verdict};
 use crate::targets::Target;
-
-pub const STATUSES: [&str; 6] = ["PENDING", "APPROVED", "REJECTED", "PAID", "FAILED", "CANCELLED"];
-/// How long an idempotency key's answer is kept.
-pub const KEY_TTL: chrono::Duration = chrono::Duration::hours(24);
-/// A key still "in progress" after this long belongs to a request that died
-/// before its transaction committed (a committed claim stores its answer in
-/// that transaction): it is taken over.
-pub const KEY_LEASE: chrono::Duration = chrono::Duration::seconds(30);
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimRow {
@@ -48,7 +39,7 @@ pub struct ClaimRow {
     pub event_id: String,
     pub reward_id: String,
     pub slot: Option<i64>,
-    pub status: String,
+    pub status: ClaimStatus,
     pub reason: Option<String>,
     pub reward: String,
     pub created_at: i64,
@@ -67,8 +58,7 @@ pub struct ClaimView {
     pub user_id: String,
     pub event_id: String,
     pub reward_id: String,
-    /// `PENDING`, `APPROVED`, `REJECTED`, `PAID`, `FAILED` or `CANCELLED`.
-    pub status: String,
+    pub status: ClaimStatus,
     /// `{name, type, details, quantity}` as claimed.
     #[schema(value_type = Object)]
     pub reward: Value,
@@ -84,7 +74,7 @@ impl ClaimView {
             user_id: row.user_id.clone(),
             event_id: row.event_id.clone(),
             reward_id: row.reward_id.clone(),
-            status: row.status.clone(),
+            status: row.status,
             reward: serde_json::from_str(&row.reward).unwrap_or(Value::Null),
             reason: row.reason.clone(),
             created_at: from_micros(row.created_at),
@@ -100,23 +90,6 @@ pub struct ClaimRequest {
     pub reward_id: String,
 }
 
-/// The answer of a claim attempt, as stored for its idempotency key.
-struct Answer {
-    status: StatusCode,
-    body: String,
-}
-
-impl Answer {
-    fn of_problem(problem: &Problem) -> Self {
-        Self { status: problem.status, body: problem.to_json() }
-    }
-
-    fn into_response(self) -> Response {
-        let content_type = if self.status.is_success() { "application/json" } else { PROBLEM_JSON };
-        (self.status, [(axum::http::header::CONTENT_TYPE, content_type)], self.body).into_response()
-    }
-}
-
 /// An `Idempotency-Key`: 1 to 255 visible characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
@@ -128,96 +101,37 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     }
 }
 
-/// An idempotency key's row: request hash, answer (status, body), expiry, creation.
-type KeyRow = (String, Option<i64>, Option<String>, i64, i64);
-
-enum KeyState {
-    Fresh,
-    Replay(Answer),
+/// Why a claim got no 201, and what that means for its idempotency key.
+enum Halt {
+    /// Refused before its batch (404, not active, sold out): nothing written;
+    /// the refusal is the key's answer.
+    Early(Problem),
+    /// Refused by its batch, which stored the key's answer.
+    Decided(Problem),
+    /// Its key was answered by another request, or belongs to another claim.
+    Replay,
+    /// Nothing was written (the store refused or could not be reached): the
+    /// key is released.
+    Failed(Problem),
+    /// Its batch's commit went unanswered and the store could not say: the
+    /// key stays, and a retry with it finds out.
+    Unknown(Problem),
 }
 
-/// Claims the key for this request, or tells what became of it.
-async fn begin_key(state: &AppState, user: &str, key: &str, hash: &str) -> Result<KeyState, Problem> {
-    let now = to_micros(state.clock.now());
-    let expires = to_micros(state.clock.now() + KEY_TTL);
-    let insert = "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at) \
-                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
-    let select = "SELECT request_hash, response_status, response_body, expires_at, created_at FROM idempotency_keys \
-                  WHERE user_id = $1 AND key = $2";
-    let expire = "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND expires_at < $3";
-    let abandoned =
-        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND response_status IS NULL AND created_at < $3";
-    let lease_start = to_micros(state.clock.now() - KEY_LEASE);
-    for _ in 0..2 {
-        let inserted = with_pool!(state.store(), |pool| {
-            sqlx::query(insert)
-                .bind(user)
-                .bind(key)
-                .bind(hash)
-                .bind(now)
-                .bind(expires)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
-        })?;
-        if inserted == 1 {
-            return Ok(KeyState::Fresh);
+impl Halt {
+    fn problem(self) -> Problem {
+        match self {
+            Halt::Early(p) | Halt::Decided(p) | Halt::Failed(p) | Halt::Unknown(p) => p,
+            Halt::Replay => in_progress(),
         }
-        let row: Option<KeyRow> = with_pool!(state.store(), |pool| {
-            sqlx::query_as(select).bind(user).bind(key).fetch_optional(pool).await
-        })?;
-        let Some((stored_hash, status, body, expires_at, created_at)) = row else { continue };
-        if expires_at < now {
-            with_pool!(state.store(), |pool| {
-                sqlx::query(expire).bind(user).bind(key).bind(now).execute(pool).await.map(drop)
-            })?;
-            continue;
-        }
-        if status.is_none() && created_at < lease_start {
-            with_pool!(state.store(), |pool| {
-                sqlx::query(abandoned).bind(user).bind(key).bind(lease_start).execute(pool).await.map(drop)
-            })?;
-            continue;
-        }
-        if stored_hash != hash {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ProblemCode::IdempotencyKeyReused,
-                "this Idempotency-Key was used with a different request",
-            ));
-        }
-        return match (status, body) {
-            (Some(status), Some(body)) => Ok(KeyState::Replay(Answer {
-                status: StatusCode::from_u16(status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                body,
-            })),
-            _ => Err(Problem::conflict(
-                ProblemCode::IdempotencyInProgress,
-                "a request with this Idempotency-Key is still being processed",
-            )),
-        };
     }
-    Err(Problem::unavailable("the idempotency key is changing hands; try again", 1))
 }
 
-async fn finish_key(state: &AppState, user: &str, key: &str, answer: &Answer) -> Result<(), sqlx::Error> {
-    let sql = "UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE user_id = $3 AND key = $4";
-    with_pool!(state.store(), |pool| {
-        sqlx::query(sql)
-            .bind(i64::from(answer.status.as_u16()))
-            .bind(&answer.body)
-            .bind(user)
-            .bind(key)
-            .execute(pool)
-            .await
-            .map(drop)
-    })
-}
-
-/// Forgets a key whose request failed on our side, so the client may retry.
-async fn abandon_key(state: &AppState, user: &str, key: &str) {
-    let sql = "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND response_status IS NULL";
-    let _ = with_pool!(state.store(), |pool| sqlx::query(sql).bind(user).bind(key).execute(pool).await.map(drop));
+fn in_progress() -> Problem {
+    Problem::conflict(
+        ProblemCode::IdempotencyInProgress,
+        "a request with this Idempotency-Key is still being processed",
+    )
 }
 
 /// Claim a reward (USER, ADMIN). `Idempotency-Key` makes a retry safe.
@@ -229,6 +143,7 @@ async fn abandon_key(state: &AppState, user: &str, key: &str) {
         (status = 404, body = ProblemSchema),
         (status = 409, description = "DUPLICATE_CLAIM, OUT_OF_STOCK or IDEMPOTENCY_IN_PROGRESS", body = ProblemSchema),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ProblemSchema),
+        (status = 503, description = "SERVICE_UNAVAILABLE: the store cannot be reached (with Retry-After)", body = ProblemSchema),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -237,167 +152,155 @@ pub async fn create(
     Json(body): Json<ClaimRequest>,
 ) -> Result<Response, Problem> {
     let who = caller.require(&[Role::User, Role::Admin])?.clone();
-    let key = idempotency_key(&headers)?;
-    let Some(key) = key else {
-        return Ok(match claim(&state, &who, &body, None).await {
+    let Some(key) = idempotency_key(&headers)? else {
+        return Ok(match claim(&state, &who, &body, crate::new_id(), None).await {
             Ok(answer) => answer.into_response(),
-            Err(problem) => problem.into_response(),
+            Err(halt) => halt.problem().into_response(),
         });
     };
     let hash = hex_sha256(&serde_json::to_string(&body).unwrap_or_default());
-    match begin_key(&state, &who.sub, &key, &hash).await? {
-        KeyState::Replay(answer) => Ok(answer.into_response()),
-        KeyState::Fresh => match claim(&state, &who, &body, Some(&key)).await {
-            Ok(answer) => Ok(answer.into_response()),
-            Err(problem) if problem.status.is_server_error() => {
-                abandon_key(&state, &who.sub, &key).await;
-                Err(problem)
-            }
-            Err(problem) => {
-                let answer = Answer::of_problem(&problem);
-                finish_key(&state, &who.sub, &key, &answer).await?;
-                Ok(answer.into_response())
-            }
-        },
+    let claim_id = match keys::begin(&state, &who.sub, &key, &hash).await? {
+        Begun::Replay(answer) => return Ok(answer.into_response()),
+        Begun::Fresh { claim_id } => claim_id,
+    };
+    let answer = match claim(&state, &who, &body, claim_id.clone(), Some(&key)).await {
+        Ok(answer) => answer,
+        Err(Halt::Early(problem)) => {
+            keys::finish(&state, &who.sub, &key, &claim_id, Answer::of_problem(&problem)).await?
+        }
+        Err(Halt::Decided(problem)) => Answer::of_problem(&problem),
+        Err(Halt::Replay) => replayed(&state, &who.sub, &key).await?,
+        Err(Halt::Failed(problem)) => {
+            keys::release(&state, &who.sub, &key, &claim_id).await;
+            return Err(problem);
+        }
+        Err(Halt::Unknown(problem)) => return Err(problem),
+    };
+    Ok(answer.into_response())
+}
+
+/// The answer another request of the same key stored (or is about to).
+async fn replayed(state: &AppState, user: &str, key: &str) -> Result<Answer, Problem> {
+    for _ in 0..20 {
+        if let Some(answer) = keys::stored_answer_of(state, user, key).await? {
+            return Ok(answer);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    Err(in_progress())
 }
 
 fn hex_sha256(text: &str) -> String {
     Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The rule, in the contract's order. The early refusals (404, not active)
-/// and the condition are checked against the claim path's memory of the
-/// catalog; the grant's batch then decides the rest (the per-user limit, the
-/// stock) against the rows it locks — and if the reward or its event changed
-/// since they were read, the claim is checked again against the new ones.
-async fn claim(state: &AppState, who: &Identity, body: &ClaimRequest, key: Option<&str>) -> Result<Answer, Problem> {
-    for _ in 0..MAX_CHECKS {
-        let not_found = || Problem::not_found("no such event, or the reward is not one of its rewards");
-        let target = state.catalog.claim_target(&body.event_id, &body.reward_id).await?.ok_or_else(not_found)?;
-        let now = to_micros(state.clock.now());
-        if !target.open_at(now) {
-            return Err(not_active());
-        }
-        // From here the grant's writer waits for this claim (briefly).
-        let announced = state.committer.announce(&target.reward.id);
-        if target.condition != Condition::None {
-            check_condition(state, who, &target, now).await?;
-        }
-        match grant(announced, who, &target, now, key).await? {
-            Some(answer) => return Ok(answer),
-            None => state.catalog.forget_target(&target.reward.id),
-        }
-    }
-    Err(Problem::unavailable("the reward is being changed right now; try again", 1))
-}
-
 /// How often a claim is checked again because its reward or event changed meanwhile.
 const MAX_CHECKS: usize = 3;
 
-fn not_active() -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::EventNotActive, "the event is not open for claims now")
+/// The rule, in the contract's order (see [`crate::rule`]): the early
+/// refusals against the claim path's memory of the catalog, the condition,
+/// then the grant's batch — and if the reward or its event changed since
+/// they were read, the claim is checked again against the new ones.
+async fn claim(
+    state: &AppState,
+    who: &Identity,
+    body: &ClaimRequest,
+    claim_id: String,
+    key: Option<&str>,
+) -> Result<Answer, Halt> {
+    for _ in 0..MAX_CHECKS {
+        let target = state.catalog.claim_target(&body.event_id, &body.reward_id).await.map_err(Halt::Failed)?;
+        let now = to_micros(state.clock.now());
+        rule::admit(target.as_deref(), &body.event_id, now).map_err(Halt::Early)?;
+        let target = target.expect("admitted");
+        if state.committer.is_sold_out(&target.reward.id, target.reward_version) {
+            return Err(Halt::Early(rule::out_of_stock()));
+        }
+        // From here the grant's writer waits for this claim (briefly).
+        let announced = state.committer.announce(&target.reward.id);
+        let unmet = unmet_condition(state, who, &target).await.map_err(Halt::Failed)?;
+        let grant = grant_of(state, who, &target, now, claim_id.clone(), unmet, key);
+        let body = grant.body.clone();
+        let unmet = grant.unmet.clone().unwrap_or_default();
+        match announced.grant(grant).await {
+            Ok(Verdict::Granted { .. }) => {
+                tracing::info!(%claim_id, user_id = %who.sub, reward_id = %target.reward.id, "reward claimed");
+                return Ok(Answer { status: StatusCode::CREATED, body });
+            }
+            Ok(Verdict::Stale) => state.catalog.forget_target(&target.reward.id),
+            Ok(Verdict::Replay) => return Err(Halt::Replay),
+            Ok(refused) => return Err(Halt::Decided(refused.refusal(&unmet).expect("a refusal"))),
+            Err(GrantError::Unknown(why)) => {
+                tracing::error!(%claim_id, %why, "a claim's outcome is unknown; its key stays open");
+                return Err(Halt::Unknown(Problem::unavailable(
+                    "the store did not confirm the claim; retry with the same Idempotency-Key to learn its outcome",
+                    1,
+                )));
+            }
+            Err(GrantError::Unavailable(why)) => {
+                tracing::warn!(%why, "a claim found the store unavailable");
+                return Err(Halt::Failed(Problem::unavailable("the store is unavailable; try again shortly", 1)));
+            }
+            Err(GrantError::Failed(why)) => {
+                return Err(Halt::Failed(Problem::internal_from(format_args!("grant: {why}"))));
+            }
+        }
+    }
+    Err(Halt::Failed(Problem::unavailable("the reward is being changed right now; try again", 1)))
 }
 
-fn duplicate(limit: i64) -> Problem {
-    Problem::conflict(
-        ProblemCode::DuplicateClaim,
-        format!("you already hold {limit} claim(s) of this reward, the most allowed"),
-    )
-}
-
-async fn live_claims(state: &AppState, user: &str, reward: &str) -> Result<i64, sqlx::Error> {
-    let sql = "SELECT COUNT(*) FROM reward_claims WHERE user_id = $1 AND reward_id = $2 AND slot IS NOT NULL";
-    with_pool!(state.store(), |pool| sqlx::query_scalar(sql).bind(user).bind(reward).fetch_one(pool).await)
-}
-
-/// 400 with what is missing when the condition is not met — unless the
-/// player already holds the most claims allowed, which the contract answers
-/// first (409). The refusal is kept as one `REJECTED` claim per player and
-/// reward, refreshed each time.
-async fn check_condition(state: &AppState, who: &Identity, target: &Target, now: i64) -> Result<(), Problem> {
+/// What the event's condition misses for the player; `None` when it is met.
+async fn unmet_condition(state: &AppState, who: &Identity, target: &Target) -> Result<Option<String>, Problem> {
+    if target.condition == Condition::None {
+        return Ok(None);
+    }
     let progress = Ledger { store: state.store() }.evaluate(&who.sub, &target.condition, target.window).await?;
-    if progress.met {
-        return Ok(());
-    }
-    let reward = &target.reward;
-    if live_claims(state, &who.sub, &reward.id).await? >= reward.per_user_limit {
-        return Err(duplicate(reward.per_user_limit));
-    }
-    let reason = format!("condition not met: {}", progress.summary);
-    let upsert = format!(
-        "INSERT INTO reward_claims ({CLAIM_COLUMNS}, refusal) \
-         VALUES ($1, $2, $3, $4, NULL, 'REJECTED', $5, $6, $7, NULL, $7, true) \
-         ON CONFLICT (user_id, reward_id) WHERE refusal DO UPDATE SET reason = $5, updated_at = $7"
-    );
-    with_pool!(state.store(), |pool| {
-        sqlx::query(&upsert)
-            .bind(crate::new_id())
-            .bind(&who.sub)
-            .bind(&target.event.id)
-            .bind(&reward.id)
-            .bind(&reason)
-            .bind(&target.snapshot)
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(drop)
-    })?;
-    let mut problem = Problem::new(StatusCode::BAD_REQUEST, ProblemCode::ConditionNotMet, reason);
-    problem.errors = vec![FieldError::new("condition", progress.summary)];
-    Err(problem)
+    Ok((!progress.met).then_some(progress.summary))
 }
 
-/// The decisive steps, in the grant's batch (see [`crate::commit`]); `None`
-/// when the reward or its event changed since `target` was read.
-async fn grant(
-    announced: Announced,
+/// The claim's grant, with the answer it makes when written.
+fn grant_of(
+    state: &AppState,
     who: &Identity,
     target: &Target,
     now: i64,
+    claim_id: String,
+    unmet: Option<String>,
     key: Option<&str>,
-) -> Result<Option<Answer>, Problem> {
+) -> Grant {
     let reward = &target.reward;
-    let status = if reward.requires_approval { "PENDING" } else { "APPROVED" };
-    let row = ClaimRow {
-        id: crate::new_id(),
+    let status = if reward.requires_approval {
+        ClaimStatus::Pending
+    } else if state.settings.payout_webhook_url.is_some() {
+        ClaimStatus::Approved
+    } else {
+        // The built-in ledger is this store: the grant is the payout.
+        ClaimStatus::Paid
+    };
+    let view = ClaimView {
+        id: claim_id.clone(),
         user_id: who.sub.clone(),
         event_id: target.event.id.clone(),
         reward_id: reward.id.clone(),
-        slot: None,
-        status: status.to_owned(),
+        status,
+        reward: serde_json::from_str(&target.snapshot).unwrap_or(Value::Null),
         reason: None,
-        reward: target.snapshot.clone(),
-        created_at: now,
-        processed_at: None,
-        updated_at: now,
+        created_at: from_micros(now),
+        processed_at: (status == ClaimStatus::Paid).then(|| from_micros(now)),
     };
-    let body = serde_json::to_string(&ClaimView::from_row(&row)).unwrap_or_default();
-    // The row has made the answer; its fields move on into the grant.
-    let ClaimRow { id: claim_id, user_id, event_id, reward_id, reward: snapshot, .. } = row;
-    let grant = Grant {
-        transition_id: crate::new_id(),
-        claim_id: claim_id.clone(),
-        user_id,
-        event_id,
-        reward_id: reward_id.clone(),
-        actor: who.sub.clone(),
+    Grant {
+        body: serde_json::to_string(&view).unwrap_or_default(),
+        claim_id,
+        user_id: who.sub.clone(),
+        event_id: target.event.id.clone(),
+        reward_id: reward.id.clone(),
         at: now,
         status,
-        reward: snapshot,
+        reward: target.snapshot.clone(),
         reward_version: target.reward_version,
         event_version: target.event_version,
-        key: key.map(|k| (k.to_owned(), body.clone())),
-    };
-    let outcome = announced.grant(grant).await.map_err(|e| Problem::internal_from(format_args!("grant: {e}")))?;
-    match outcome {
-        Outcome::Granted => {
-            tracing::info!(%claim_id, user_id = %who.sub, %reward_id, status, "reward claimed");
-            Ok(Some(Answer { status: StatusCode::CREATED, body }))
-        }
-        Outcome::Stale => Ok(None),
-        Outcome::Duplicate { limit } => Err(duplicate(limit)),
-        Outcome::OutOfStock => Err(Problem::conflict(ProblemCode::OutOfStock, "this reward has no grants left")),
+        unmet,
+        key: key.map(str::to_owned),
     }
 }
 
@@ -408,7 +311,7 @@ pub struct ClaimQuery {
     pub user_id: Option<String>,
     pub event_id: Option<String>,
     pub reward_id: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<ClaimStatus>,
     /// Claims made at or after this RFC 3339 instant.
     pub from: Option<String>,
     /// Claims made before this RFC 3339 instant.
@@ -431,9 +334,6 @@ fn instant(text: Option<&str>, field: &str, errors: &mut Vec<FieldError>) -> Opt
 async fn list_claims(state: &AppState, query: ClaimQuery, only_user: Option<&str>) -> Result<Page<ClaimView>, Problem> {
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
     let mut errors = Vec::new();
-    if query.status.as_deref().is_some_and(|s| !STATUSES.contains(&s)) {
-        errors.push(FieldError::new("status", "must be PENDING, APPROVED, REJECTED, PAID, FAILED or CANCELLED"));
-    }
     let from = instant(query.from.as_deref(), "from", &mut errors);
     let to = instant(query.to.as_deref(), "to", &mut errors);
     if !errors.is_empty() {
@@ -455,7 +355,7 @@ async fn list_claims(state: &AppState, query: ClaimQuery, only_user: Option<&str
             .bind(&user)
             .bind(&query.event_id)
             .bind(&query.reward_id)
-            .bind(&query.status)
+            .bind(query.status)
             .bind(from)
             .bind(to)
             .bind(page.fetch())
@@ -526,43 +426,52 @@ enum Step {
 }
 
 impl Step {
-    fn transition(&self) -> (&'static str, &'static str) {
+    fn transition(&self) -> (ClaimStatus, ClaimStatus) {
         match self {
-            Step::Approve => ("PENDING", "APPROVED"),
-            Step::Reject(_) => ("PENDING", "REJECTED"),
-            Step::Retry => ("FAILED", "APPROVED"),
+            Step::Approve => (ClaimStatus::Pending, ClaimStatus::Approved),
+            Step::Reject(_) => (ClaimStatus::Pending, ClaimStatus::Rejected),
+            Step::Retry => (ClaimStatus::Failed, ClaimStatus::Approved),
         }
     }
 }
 
+/// Who pays a claim with the built-in ledger (the transition's actor).
+pub const LEDGER_ACTOR: &str = "ledger";
+
 /// Moves a claim along the workflow; an illegal move is 409, nothing changes.
+/// A claim approved (or retried) with the built-in ledger is paid in the same
+/// transaction; with an external sink it goes to the payout outbox.
 async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Result<ClaimView, Problem> {
     let (from, to) = step.transition();
+    let builtin = state.settings.payout_webhook_url.is_none();
     let now = to_micros(state.clock.now());
     let select = format!("SELECT {CLAIM_COLUMNS} FROM reward_claims WHERE id = $1");
     let reason = match &step {
         Step::Reject(reason) => Some(reason.clone()),
         _ => None,
     };
+    let lands = if to == ClaimStatus::Approved && builtin { ClaimStatus::Paid } else { to };
     // A rejected claim gives its slot and its unit of stock back.
     let moved_sql = match step {
         Step::Reject(_) => {
             "UPDATE reward_claims SET status = $1, reason = $2, slot = NULL, processed_at = $3, updated_at = $3 \
-                            WHERE id = $4 AND status = $5"
+             WHERE id = $4 AND status = $5"
         }
         _ => {
             "UPDATE reward_claims SET status = $1, reason = $2, processed_at = $3, updated_at = $3 WHERE id = $4 AND status = $5"
         }
     };
-    let restock =
-        "UPDATE rewards SET remaining = remaining + 1 WHERE id = $1 AND stock IS NOT NULL AND remaining < stock";
+    // A returned unit is a new version of the reward: a claim path that knew
+    // it sold out asks the store again.
+    let restock = "UPDATE rewards SET remaining = remaining + 1, version = version + 1 \
+                   WHERE id = $1 AND stock IS NOT NULL AND remaining < stock";
     let payout = "INSERT INTO payouts (claim_id, attempts, next_attempt_at) VALUES ($1, 0, $2) \
                   ON CONFLICT (claim_id) DO UPDATE SET attempts = 0, next_attempt_at = $2";
     let insert_transitions = batch::insert_transitions(state.store().kind());
     let outcome: Result<Option<ClaimRow>, sqlx::Error> = async {
         Ok(with_write_tx!(state.store(), |tx| {
             let moved = sqlx::query(moved_sql)
-                .bind(to)
+                .bind(lands)
                 .bind(&reason)
                 .bind(now)
                 .bind(id)
@@ -573,24 +482,35 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
             let row: Option<ClaimRow> = sqlx::query_as(&select).bind(id).fetch_optional(&mut *tx).await?;
             if moved == 1 {
                 let row = row.as_ref().expect("the claim just moved");
-                if to == "REJECTED" {
+                if to == ClaimStatus::Rejected {
                     sqlx::query(restock).bind(&row.reward_id).execute(&mut *tx).await?;
                 }
-                if to == "APPROVED" {
+                if lands == ClaimStatus::Approved {
                     // Handed to the dispatcher below; the poll waits its grace.
                     let due_at = crate::payout::first_poll_at(now);
                     sqlx::query(payout).bind(id).bind(due_at).execute(&mut *tx).await?;
                 }
-                let transition = TransitionRow {
+                let mut transitions = vec![TransitionRow {
                     id: crate::new_id(),
                     claim_id: id,
-                    from_status: Some(from),
-                    to_status: to,
+                    from_status: Some(from.as_str()),
+                    to_status: to.as_str(),
                     actor_id: &actor.sub,
                     reason: reason.as_deref(),
                     at: now,
-                };
-                sqlx::query(insert_transitions).bind(batch::json(&[transition])).execute(&mut *tx).await?;
+                }];
+                if lands != to {
+                    transitions.push(TransitionRow {
+                        id: crate::new_id(),
+                        claim_id: id,
+                        from_status: Some(to.as_str()),
+                        to_status: lands.as_str(),
+                        actor_id: LEDGER_ACTOR,
+                        reason: None,
+                        at: now,
+                    });
+                }
+                sqlx::query(insert_transitions).bind(batch::json(&transitions)).execute(&mut *tx).await?;
             }
             row.filter(|_| moved == 1)
         }))
@@ -598,8 +518,12 @@ async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Resul
     .await;
     match outcome? {
         Some(row) => {
-            tracing::info!(claim_id = %id, from, to, by = %actor.sub, "claim moved");
-            if to == "APPROVED" {
+            tracing::info!(claim_id = %id, %from, to = %lands, by = %actor.sub, "claim moved");
+            if to == ClaimStatus::Rejected {
+                state.catalog.forget_target(&row.reward_id);
+                state.committer.forget_sold_out(&row.reward_id);
+            }
+            if lands == ClaimStatus::Approved {
                 state.handoff.hand(row.id.clone(), row.user_id.clone(), row.reward.clone());
             }
             Ok(ClaimView::from_row(&row))
@@ -664,4 +588,97 @@ pub async fn retry(
 ) -> Result<Json<ClaimView>, Problem> {
     let actor = caller.require(&[Role::Operator, Role::Admin])?;
     Ok(Json(step(&state, actor, &id, Step::Retry).await?))
+}
+
+/// One step of a claim's history.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionView {
+    /// `null` for the claim's creation.
+    pub from_status: Option<ClaimStatus>,
+    pub to_status: ClaimStatus,
+    /// Who moved it: a user id, or `ledger` / `payout` for the platform.
+    pub actor_id: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransitionList {
+    pub items: Vec<TransitionView>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct StoredTransition {
+    from_status: Option<ClaimStatus>,
+    to_status: ClaimStatus,
+    actor_id: String,
+    reason: Option<String>,
+    at: i64,
+}
+
+/// A claim's history, oldest first: what was recorded (steps taken later or
+/// by hand) after what its own row says of its creation — an automatic grant
+/// is requested, approved and, with the built-in ledger, paid at one instant,
+/// and writes no transition rows.
+fn history(row: &ClaimRow, stored: Vec<StoredTransition>) -> Vec<TransitionView> {
+    let view = |t: StoredTransition| TransitionView {
+        from_status: t.from_status,
+        to_status: t.to_status,
+        actor_id: t.actor_id,
+        reason: t.reason,
+        at: from_micros(t.at),
+    };
+    let created = |to: ClaimStatus, reason: Option<String>, at: i64| TransitionView {
+        from_status: None,
+        to_status: to,
+        actor_id: row.user_id.clone(),
+        reason,
+        at: from_micros(at),
+    };
+    let mut items = Vec::with_capacity(stored.len() + 2);
+    match stored.first().and_then(|t| t.from_status) {
+        Some(first) => items.push(created(first, None, row.created_at)),
+        // A condition refusal: one record, refreshed on each retry.
+        None if row.status == ClaimStatus::Rejected && row.slot.is_none() && stored.is_empty() => {
+            items.push(created(ClaimStatus::Rejected, row.reason.clone(), row.updated_at))
+        }
+        None if row.status == ClaimStatus::Paid && stored.is_empty() => {
+            items.push(created(ClaimStatus::Approved, None, row.created_at));
+            items.push(TransitionView {
+                from_status: Some(ClaimStatus::Approved),
+                to_status: ClaimStatus::Paid,
+                actor_id: LEDGER_ACTOR.to_owned(),
+                reason: None,
+                at: from_micros(row.processed_at.unwrap_or(row.created_at)),
+            });
+        }
+        None => items.push(created(row.status, None, row.created_at)),
+    }
+    items.extend(stored.into_iter().filter(|t| t.from_status.is_some()).map(view));
+    items
+}
+
+/// A claim's history, oldest first, automatic steps included: staff see
+/// any claim's, a player only its own (another's is 404).
+#[utoipa::path(get, path = "/reward-claims/{id}/transitions", tag = "claims", params(("id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = TransitionList), (status = 401, body = ProblemSchema), (status = 404, body = ProblemSchema)))]
+pub async fn transitions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TransitionList>, Problem> {
+    let claim = format!("SELECT {CLAIM_COLUMNS} FROM reward_claims WHERE id = $1");
+    let steps = "SELECT from_status, to_status, actor_id, reason, at FROM claim_transitions \
+                 WHERE claim_id = $1 ORDER BY at, id";
+    let row: Option<ClaimRow> =
+        with_pool!(state.store(), |pool| sqlx::query_as(&claim).bind(&id).fetch_optional(pool).await)?;
+    let staff = caller.0.has_any_role(&[Role::Operator, Role::Auditor, Role::Admin]);
+    let row = row
+        .filter(|r| staff || r.user_id == caller.0.sub)
+        .ok_or_else(|| Problem::not_found(format!("no claim `{id}`")))?;
+    let stored: Vec<StoredTransition> =
+        with_pool!(state.store(), |pool| sqlx::query_as(steps).bind(&id).fetch_all(pool).await)?;
+    Ok(Json(TransitionList { items: history(&row, stored) }))
 }

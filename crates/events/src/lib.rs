@@ -11,10 +11,13 @@ pub mod claims;
 pub mod commit;
 pub mod condition;
 pub mod dates;
+pub mod domain;
 pub mod evaluator;
 mod events;
+mod keys;
 pub mod payout;
 mod rewards;
+pub mod rule;
 pub mod rules;
 pub mod settings;
 pub mod store;
@@ -124,6 +127,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(claims::create, claims::list))
         .routes(routes!(claims::mine))
         .routes(routes!(claims::get_one))
+        .routes(routes!(claims::transitions))
         .routes(routes!(claims::approve))
         .routes(routes!(claims::reject))
         .routes(routes!(claims::retry))

@@ -1,9 +1,13 @@
-//! Payout: grants are delivered from the `payouts` outbox, written in the
-//! claim's transaction. A claim is `PAID` only once the sink confirmed.
+//! Payout to an external sink: grants are delivered from the `payouts`
+//! outbox, written in the claim's transaction. A claim is `PAID` only once
+//! the sink confirmed.
 //!
-//! The sink is the built-in ledger (`ledger_entries`, one row per claim) or
-//! the game's inventory webhook, called with the claim id as
-//! `Idempotency-Key` so a retried call grants once. Failures are retried with
+//! The built-in ledger needs none of this: it is this store, so a grant (or
+//! an approval) it pays is written `PAID` in its own transaction, and the
+//! ledger is the set of those claims. The outbox is for the game's inventory
+//! webhook, called with the claim id as `Idempotency-Key` so a retried call
+//! grants once. (Rows left in the outbox while no webhook is configured are
+//! marked paid by the dispatcher.) Failures are retried with
 //! exponential backoff; after `payout_max_attempts` the claim is `FAILED`
 //! until an operator retries it. A restart resumes whatever is due.
 //!
@@ -19,58 +23,20 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::StreamExt;
 use rewards_kit::server::Shutdown;
-use rewards_kit::store::{Store, StoreKind};
+use rewards_kit::store::Store;
 use rewards_kit::{with_pool, with_write_tx};
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::batch::{self, TransitionRow};
+use crate::claims::LEDGER_ACTOR;
+use crate::domain::ClaimStatus;
 
 /// Most payouts delivered in one go.
 const BATCH: usize = 500;
 /// Most webhook calls in flight.
 const WEBHOOK_CALLS: usize = 64;
-
-/// One entry of the built-in ledger.
-#[derive(Debug, Serialize)]
-struct LedgerRow<'a> {
-    claim_id: &'a str,
-    user_id: &'a str,
-    r#type: String,
-    details: String,
-    quantity: i64,
-}
-
-impl<'a> LedgerRow<'a> {
-    fn of(due: &'a Due) -> Self {
-        let reward: Value = serde_json::from_str(&due.reward).unwrap_or(Value::Null);
-        Self {
-            claim_id: &due.claim_id,
-            user_id: &due.user_id,
-            r#type: reward["type"].as_str().unwrap_or("POINT").to_owned(),
-            details: reward["details"].to_string(),
-            quantity: reward["quantity"].as_i64().unwrap_or(1),
-        }
-    }
-}
-
-/// Inserts the [`LedgerRow`]s in the JSON array `$1`, created at `$2`.
-fn insert_ledger(kind: StoreKind) -> &'static str {
-    match kind {
-        StoreKind::Postgres => {
-            "INSERT INTO ledger_entries (claim_id, user_id, type, details, quantity, created_at) \
-             SELECT claim_id, user_id, type, details, quantity, $2 FROM json_to_recordset($1::text::json) \
-             AS l(claim_id text, user_id text, type text, details text, quantity bigint) ON CONFLICT DO NOTHING"
-        }
-        StoreKind::Sqlite => {
-            "INSERT INTO ledger_entries (claim_id, user_id, type, details, quantity, created_at) \
-             SELECT value->>'claim_id', value->>'user_id', value->>'type', value->>'details', value->>'quantity', $2 \
-             FROM json_each($1) WHERE true ON CONFLICT DO NOTHING"
-        }
-    }
-}
 
 /// A claim to deliver.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -267,13 +233,11 @@ impl Dispatcher {
         if response.status().is_success() { Ok(()) } else { Err(format!("the sink answered {}", response.status())) }
     }
 
-    /// The sink confirmed: the claims are PAID (and, with the built-in sink,
-    /// the ledger has their entries), all in one transaction.
+    /// The sink confirmed: the claims are PAID, in one transaction.
     async fn paid(&self, delivered: &[Due]) -> Result<(), sqlx::Error> {
         let store = self.state.store();
-        let builtin = self.state.settings.payout_webhook_url.is_none();
         let at = rewards_kit::clock::to_micros(self.state.clock.now());
-        let entries: Vec<LedgerRow> = delivered.iter().map(LedgerRow::of).collect();
+        let actor = if self.state.settings.payout_webhook_url.is_none() { LEDGER_ACTOR } else { "payout" };
         let ids = batch::Ids::of(delivered.iter().map(|d| d.claim_id.as_str()));
         let claims = format!(
             "UPDATE reward_claims SET status = 'PAID', processed_at = $1, updated_at = $1 \
@@ -283,9 +247,6 @@ impl Dispatcher {
         // Delivered: out of the outbox (the PAID transition records when).
         let payouts = format!("DELETE FROM payouts WHERE claim_id {}", batch::in_list(store.kind(), 1));
         with_write_tx!(store, |tx| {
-            if builtin {
-                sqlx::query(insert_ledger(store.kind())).bind(batch::json(&entries)).bind(at).execute(&mut *tx).await?;
-            }
             let moved: Vec<String> = sqlx::query_scalar(&claims).bind(at).bind(&ids).fetch_all(&mut *tx).await?;
             sqlx::query(&payouts).bind(&ids).execute(&mut *tx).await?;
             if !moved.is_empty() {
@@ -294,9 +255,9 @@ impl Dispatcher {
                     .map(|id| TransitionRow {
                         id: crate::new_id(),
                         claim_id: id,
-                        from_status: Some("APPROVED"),
-                        to_status: "PAID",
-                        actor_id: "payout",
+                        from_status: Some(ClaimStatus::Approved.as_str()),
+                        to_status: ClaimStatus::Paid.as_str(),
+                        actor_id: actor,
                         reason: None,
                         at,
                     })
@@ -333,8 +294,8 @@ impl Dispatcher {
                     let failed = TransitionRow {
                         id: crate::new_id(),
                         claim_id: &due.claim_id,
-                        from_status: Some("APPROVED"),
-                        to_status: "FAILED",
+                        from_status: Some(ClaimStatus::Approved.as_str()),
+                        to_status: ClaimStatus::Failed.as_str(),
                         actor_id: "payout",
                         reason: Some(&reason),
                         at,

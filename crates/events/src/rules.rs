@@ -31,6 +31,7 @@ pub fn route_rules() -> Vec<RouteRule> {
         RouteRule::roles(Method::GET, "/reward-claims/me", SIGNED_IN),
         // Staff see any claim; a player its own (the handler checks).
         RouteRule::roles(Method::GET, "/reward-claims/{id}", SIGNED_IN),
+        RouteRule::roles(Method::GET, "/reward-claims/{id}/transitions", SIGNED_IN),
         RouteRule::roles(Method::POST, "/reward-claims/{id}/approve", writers),
         RouteRule::roles(Method::POST, "/reward-claims/{id}/reject", writers),
         RouteRule::roles(Method::POST, "/reward-claims/{id}/retry", writers),

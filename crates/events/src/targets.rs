@@ -59,7 +59,9 @@ impl Target {
 
     /// Claimable at `now` (micros): `ACTIVE` and inside the window.
     pub fn open_at(&self, now: i64) -> bool {
-        self.event.status == "ACTIVE" && now >= self.event.start_at && now <= self.event.end_at
+        self.event.status == crate::domain::EventStatus::Active.as_str()
+            && now >= self.event.start_at
+            && now <= self.event.end_at
     }
 }
 

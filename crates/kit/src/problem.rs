@@ -319,16 +319,12 @@ impl IntoResponse for Problem {
 
 impl From<sqlx::Error> for Problem {
     fn from(err: sqlx::Error) -> Self {
-        if is_pool_exhausted(&err) {
-            tracing::warn!(error = %err, "store busy");
-            return Self::unavailable("the store is busy; try again shortly", 1);
+        if crate::store::is_unreachable(&err) {
+            tracing::warn!(error = %err, "store unavailable");
+            return Self::unavailable("the store is unavailable; try again shortly", 1);
         }
         Self::internal_from(format_args!("store: {err}"))
     }
-}
-
-fn is_pool_exhausted(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
 /// The shape of a problem body, for OpenAPI documents.

@@ -51,6 +51,13 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
 }
 
+/// How long a request waits for a store connection by default, in
+/// milliseconds: a store that cannot give one that soon is answered 503.
+pub const DEFAULT_POOL_TIMEOUT_MS: u64 = 1_000;
+
+/// How long `/ready` waits for the store's answer.
+const READY_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// Pool sizing. SQLite allows one writer at a time whatever the pool size;
 /// its extra connections serve concurrent readers (WAL mode).
 #[derive(Debug, Clone)]
@@ -61,7 +68,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+        Self { max_connections: 16, acquire_timeout: Duration::from_millis(DEFAULT_POOL_TIMEOUT_MS) }
     }
 }
 
@@ -204,9 +211,13 @@ impl Store {
     /// The store's part of `/ready`.
     pub async fn check(&self) -> Check {
         let kind = self.kind().as_str();
-        let ping = tokio::time::timeout(Duration::from_secs(2), self.ping()).await;
+        let ping = tokio::time::timeout(READY_TIMEOUT, async {
+            let latency = self.ping().await?;
+            Ok::<_, sqlx::Error>((latency, self.info().await))
+        })
+        .await;
         match ping {
-            Ok(Ok(latency)) => match self.info().await {
+            Ok(Ok((latency, info))) => match info {
                 Ok(info) => Check::up(json!({
                     "kind": kind,
                     "latencyMs": latency.as_secs_f64() * 1000.0,
@@ -216,7 +227,7 @@ impl Store {
                 Err(err) => Check::down(json!({ "kind": kind, "error": err.to_string() })),
             },
             Ok(Err(err)) => Check::down(json!({ "kind": kind, "error": err.to_string() })),
-            Err(_) => Check::down(json!({ "kind": kind, "error": "no answer within 2s" })),
+            Err(_) => Check::down(json!({ "kind": kind, "error": format!("no answer within {READY_TIMEOUT:?}") })),
         }
     }
 
@@ -308,6 +319,27 @@ macro_rules! with_write_tx {
             }
         }
     };
+}
+
+/// Whether an error says the store could not be reached or lost the
+/// connection (rather than refusing a statement): the pool gave up waiting,
+/// a socket failed, or the server is shutting down, starting up or full.
+/// Nothing was done by a statement that failed so — except a commit, whose
+/// fate is then unknown.
+pub fn is_unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => match db.code() {
+            // PostgreSQL: connection exceptions (08...), shutdowns and
+            // restarts (57P01-57P03), too many connections (53300).
+            Some(code) if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() => {
+                code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&code.as_ref())
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Whether an error is a unique-constraint violation (a duplicate the

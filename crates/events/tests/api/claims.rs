@@ -53,7 +53,7 @@ async fn claim(
 
 async fn answers_come_in_the_contracts_order(store: TestStore) {
     let events = TestEvents::start(store).await;
-    let (event, reward) = setup(&events, json!({ "type": "none" }), points(json!({ "stock": 1 }))).await;
+    let (event, reward) = setup(&events, json!({ "type": "none" }), points(json!({ "stock": 2 }))).await;
     let (other_event, other_reward) = setup(&events, json!({ "type": "none" }), points(json!({}))).await;
     let pat = player();
 
@@ -71,13 +71,19 @@ async fn answers_come_in_the_contracts_order(store: TestStore) {
     let first = claim(&events, &pat, &event, &reward).await;
     assert_eq!(first.status(), StatusCode::CREATED);
     let granted: Value = first.json().await.unwrap();
-    assert_eq!(granted["status"], "APPROVED");
+    assert_eq!(granted["status"], "PAID", "the built-in ledger pays in the grant's own transaction");
+    assert_eq!(granted["processedAt"], granted["createdAt"]);
     assert_eq!(granted["userId"], pat.sub);
     assert_eq!(granted["reward"], json!({ "name": "Points", "type": "POINT", "details": {}, "quantity": 10 }));
 
     problem(claim(&events, &pat, &event, &reward).await, StatusCode::CONFLICT, "DUPLICATE_CLAIM").await;
     let sam = who("sam", &[Role::User]);
-    problem(claim(&events, &sam, &event, &reward).await, StatusCode::CONFLICT, "OUT_OF_STOCK").await;
+    assert_eq!(claim(&events, &sam, &event, &reward).await.status(), StatusCode::CREATED);
+    let kim = who("kim", &[Role::User]);
+    problem(claim(&events, &kim, &event, &reward).await, StatusCode::CONFLICT, "OUT_OF_STOCK").await;
+    // Known sold out, the reward refuses every claim from memory, before the
+    // per-user limit: nothing can be granted either way.
+    problem(claim(&events, &pat, &event, &reward).await, StatusCode::CONFLICT, "OUT_OF_STOCK").await;
 
     let approval = points(json!({ "requiresApproval": true }));
     let (e3, r3) = setup(&events, json!({ "type": "none" }), approval).await;
@@ -198,8 +204,8 @@ async fn one_idempotency_key_makes_one_claim(store: TestStore) {
     let mine: Value = events.send(Method::GET, "/reward-claims/me", Some(&pat), None).await.json().await.unwrap();
     assert_eq!(mine["items"].as_array().unwrap().len(), 1, "one claim for fifty requests and a repeat");
 
-    // A key left "in progress" by a request that died before committing is
-    // 409 while its lease runs, then taken over.
+    // A key left "in progress" by a request that died before its grant
+    // committed: a retry goes on at once, with the claim id the key names.
     let hash = {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(
@@ -208,22 +214,29 @@ async fn one_idempotency_key_makes_one_claim(store: TestStore) {
         digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let now = events.clock.now().timestamp_micros();
+    let orphan_claim = "0193c0de-0000-7000-8000-000000000001";
     rewards_kit::with_pool!(events.state.store(), |pool| {
-        sqlx::query("INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at) VALUES ($1, 'orphan', $2, $3, $4)")
-            .bind(&pat.sub)
-            .bind(&hash)
-            .bind(now)
-            .bind(now + 86_400_000_000)
-            .execute(pool)
-            .await
-            .unwrap()
-            .rows_affected()
+        sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, claim_id, created_at, expires_at) \
+                     VALUES ($1, 'orphan', $2, $3, $4, $5)",
+        )
+        .bind(&pat.sub)
+        .bind(&hash)
+        .bind(orphan_claim)
+        .bind(now)
+        .bind(now + 86_400_000_000)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected()
     });
     let orphan =
         || events.call(Method::POST, "/reward-claims", Some(&pat)).header("Idempotency-Key", "orphan").json(&body);
-    problem(orphan().send().await.unwrap(), StatusCode::CONFLICT, "IDEMPOTENCY_IN_PROGRESS").await;
-    events.clock.advance(chrono::Duration::seconds(31));
-    assert_eq!(orphan().send().await.unwrap().status(), StatusCode::CREATED);
+    let resumed = orphan().send().await.unwrap();
+    assert_eq!(resumed.status(), StatusCode::CREATED);
+    assert_eq!(resumed.json::<Value>().await.unwrap()["id"], orphan_claim, "the claim id the key chose");
+    let again: Value = orphan().send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["id"], orphan_claim);
 }
 
 async fn claim_history_for_players_and_staff(store: TestStore) {
@@ -250,7 +263,7 @@ async fn claim_history_for_players_and_staff(store: TestStore) {
     assert_eq!(events.send(Method::GET, &path, Some(&auditor()), None).await.status(), StatusCode::OK);
 
     let by_user: Value = events
-        .send(Method::GET, &format!("/reward-claims?userId={}&status=APPROVED", sam.sub), Some(&operator()), None)
+        .send(Method::GET, &format!("/reward-claims?userId={}&status=PAID", sam.sub), Some(&operator()), None)
         .await
         .json()
         .await

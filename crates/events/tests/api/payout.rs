@@ -82,19 +82,46 @@ async fn approval_rejection_and_the_built_in_ledger(store: TestStore) {
         events.send(Method::GET, &format!("/rewards/{reviewed}"), Some(&operator()), None).await.json().await.unwrap();
     let reviewed_event = reviewed_event["eventId"].as_str().unwrap().to_owned();
 
-    // Granted at once, then paid into the ledger.
+    // Granted and paid into the ledger at once: one claim row, no transition
+    // rows, no outbox row; its history is read from the claim itself.
     let granted = claim_as(&events, "pat", &event, &instant).await;
-    assert_eq!(granted["status"], "APPROVED");
+    assert_eq!(granted["status"], "PAID");
     let id = granted["id"].as_str().unwrap().to_owned();
-    wait_for(&events, std::slice::from_ref(&id), "PAID").await;
-    let entries: Vec<(String, i64)> = rewards_kit::with_pool!(events.state.store(), |pool| {
-        sqlx::query_as("SELECT type, quantity FROM ledger_entries WHERE claim_id = $1")
-            .bind(&id)
-            .fetch_all(pool)
-            .await
-            .unwrap()
+    let rows: (i64, i64) = rewards_kit::with_pool!(events.state.store(), |pool| {
+        sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM claim_transitions WHERE claim_id = $1), \
+                    (SELECT COUNT(*) FROM payouts WHERE claim_id = $1)",
+        )
+        .bind(&id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
     });
-    assert_eq!(entries, [("CURRENCY".to_owned(), 50)]);
+    assert_eq!(rows, (0, 0));
+    let history: Value = events
+        .send(Method::GET, &format!("/reward-claims/{id}/transitions"), Some(&who("pat", &[Role::User])), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let steps: Vec<(Value, Value, Value)> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["fromStatus"].clone(), t["toStatus"].clone(), t["actorId"].clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        [(Value::Null, json!("APPROVED"), json!("id-pat")), (json!("APPROVED"), json!("PAID"), json!("ledger"))]
+    );
+    problem(
+        events
+            .send(Method::GET, &format!("/reward-claims/{id}/transitions"), Some(&who("sam", &[Role::User])), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+    )
+    .await;
     let paid = format!("/reward-claims/{id}/approve");
     problem(events.send(Method::POST, &paid, Some(&operator()), None).await, StatusCode::CONFLICT, "CONFLICT").await;
 
@@ -108,8 +135,7 @@ async fn approval_rejection_and_the_built_in_ledger(store: TestStore) {
     }
     let approved: Value =
         events.send(Method::POST, &approve, Some(&operator()), Some(json!({}))).await.json().await.unwrap();
-    assert_eq!(approved["status"], "APPROVED");
-    wait_for(&events, &[first["id"].as_str().unwrap().to_owned()], "PAID").await;
+    assert_eq!(approved["status"], "PAID", "approved and paid into the ledger in one transaction");
 
     let reject = format!("/reward-claims/{}/reject", second["id"].as_str().unwrap());
     problem(
@@ -143,16 +169,23 @@ async fn approval_rejection_and_the_built_in_ledger(store: TestStore) {
     )
     .await;
 
-    // Every move was recorded with its actor.
-    let moves: Vec<(Option<String>, String, String)> = rewards_kit::with_pool!(events.state.store(), |pool| {
-        sqlx::query_as("SELECT from_status, to_status, actor_id FROM claim_transitions WHERE claim_id = $1 ORDER BY id")
-            .bind(first["id"].as_str().unwrap())
-            .fetch_all(pool)
-            .await
-            .unwrap()
-    });
-    let moves: Vec<(Option<&str>, &str)> = moves.iter().map(|(f, t, _)| (f.as_deref(), t.as_str())).collect();
-    assert_eq!(moves, [(None, "PENDING"), (Some("PENDING"), "APPROVED"), (Some("APPROVED"), "PAID")]);
+    // Every move is in the claim's history with its actor.
+    let path = format!("/reward-claims/{}/transitions", first["id"].as_str().unwrap());
+    let history: Value = events.send(Method::GET, &path, Some(&auditor()), None).await.json().await.unwrap();
+    let moves: Vec<(Value, Value, Value)> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["fromStatus"].clone(), t["toStatus"].clone(), t["actorId"].clone()))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (Value::Null, json!("PENDING"), json!("id-ann")),
+            (json!("PENDING"), json!("APPROVED"), json!(operator().sub)),
+            (json!("APPROVED"), json!("PAID"), json!("ledger")),
+        ]
+    );
     stop.cancel();
 }
 
@@ -257,13 +290,19 @@ async fn a_dead_webhook_leaves_failed_claims_that_a_retry_delivers(store: TestSt
 
 async fn a_new_grant_is_paid_at_once_without_waiting_for_the_poll(store: TestStore) {
     // The outbox is looked at once a minute: only the handoff can pay in time.
-    let settings = EventsSettings { payout_poll_ms: 60_000, ..EventsSettings::default() };
+    let sink = sink(false).await;
+    let settings = EventsSettings {
+        payout_poll_ms: 60_000,
+        payout_webhook_url: Some(sink.server.url("/grants")),
+        ..EventsSettings::default()
+    };
     let events = TestEvents::start_with(store, settings).await;
     let stop = dispatch(&events);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (event, reward) =
         event_with(&events, json!({ "name": "Gems", "type": "CURRENCY", "details": {}, "quantity": 5 })).await;
     let claim = claim_as(&events, "pat", &event, &reward).await;
+    assert_eq!(claim["status"], "APPROVED", "an external sink pays it after the grant");
     let id = claim["id"].as_str().unwrap().to_owned();
     let started = std::time::Instant::now();
     while status_of(&events, &id).await != "PAID" {
