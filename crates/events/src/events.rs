@@ -17,10 +17,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::condition::Condition;
 use crate::dates::{self, Edge};
+use crate::domain::EventStatus;
 use crate::rewards::RewardView;
 use crate::store::{Change, EventFilter, EventRow};
-
-pub const STATUSES: [&str; 3] = ["ACTIVE", "INACTIVE", "ENDED"];
 
 /// An event as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -38,8 +37,7 @@ pub struct EventView {
     pub end_date: DateTime<Utc>,
     /// The zone days are counted in.
     pub time_zone: String,
-    /// `ACTIVE`, `INACTIVE` or `ENDED`.
-    pub status: String,
+    pub status: EventStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewards: Option<Vec<RewardView>>,
     pub created_at: DateTime<Utc>,
@@ -56,7 +54,7 @@ impl EventView {
             start_date: from_micros(row.start_at),
             end_date: from_micros(row.end_at),
             time_zone: row.time_zone.clone(),
-            status: row.status.clone(),
+            status: row.status,
             rewards: None,
             created_at: from_micros(row.created_at),
             updated_at: from_micros(row.updated_at),
@@ -120,8 +118,8 @@ fn is_staff(identity: &Identity) -> bool {
     identity.has_any_role(&[Role::Operator, Role::Auditor, Role::Admin])
 }
 
-fn check_status(status: &str, field: &str) -> Result<(), FieldError> {
-    if STATUSES.contains(&status) { Ok(()) } else { Err(FieldError::new(field, "must be ACTIVE, INACTIVE or ENDED")) }
+fn check_status(status: &str, field: &str) -> Result<EventStatus, FieldError> {
+    status.parse().map_err(|_| FieldError::new(field, format!("must be {}", EventStatus::names())))
 }
 
 fn check_name(name: &str) -> Result<(), FieldError> {
@@ -180,8 +178,14 @@ pub async fn create(
     let mut errors = Vec::new();
     errors.extend(check_name(&body.name).err());
     errors.extend(check_description(&body.description).err());
-    let status = body.status.clone().unwrap_or_else(|| "INACTIVE".to_owned());
-    errors.extend(check_status(&status, "status").err());
+    let status = match body.status.as_deref().map(|s| check_status(s, "status")) {
+        None => EventStatus::Inactive,
+        Some(Ok(status)) => status,
+        Some(Err(error)) => {
+            errors.push(error);
+            EventStatus::Inactive
+        }
+    };
     let tz_name = body.time_zone.clone().unwrap_or_else(|| state.settings.time_zone.clone());
     let tz = match dates::time_zone(&tz_name) {
         Ok(tz) => Some(tz),
@@ -234,9 +238,14 @@ pub async fn list(
 ) -> Result<Json<Page<EventView>>, Problem> {
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
     let mut errors = Vec::new();
-    if let Some(status) = &query.status {
-        errors.extend(check_status(status, "status").err());
-    }
+    let status = match query.status.as_deref().map(|s| check_status(s, "status")) {
+        Some(Ok(status)) => Some(status),
+        Some(Err(error)) => {
+            errors.push(error);
+            None
+        }
+        None => None,
+    };
     let active_at = match query.active_at.as_deref().map(DateTime::parse_from_rfc3339) {
         Some(Ok(t)) => Some(to_micros(t.with_timezone(&Utc))),
         Some(Err(_)) => {
@@ -249,13 +258,13 @@ pub async fn list(
         return Err(Problem::fields(errors));
     }
     let filter = if is_staff(&caller.0) {
-        EventFilter { status: query.status, active_at }
+        EventFilter { status, active_at }
     } else {
         // A player's list: claimable now, whatever else was asked.
-        if query.status.as_deref().is_some_and(|s| s != "ACTIVE") {
+        if status.is_some_and(|s| s != EventStatus::Active) {
             return Ok(Json(Page { items: Vec::new(), next_cursor: None }));
         }
-        EventFilter { status: Some("ACTIVE".to_owned()), active_at: Some(to_micros(state.clock.now())) }
+        EventFilter { status: Some(EventStatus::Active), active_at: Some(to_micros(state.clock.now())) }
     };
     let rows = state.catalog.list_events(&filter, &page).await?;
     let page = Page::from_rows(rows, &page, |e| Cursor { at: e.created_at, id: e.id.clone() });
@@ -272,7 +281,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<EventView>, Problem> {
     let row = state.catalog.event(&id).await?.ok_or_else(|| no_event(&id))?;
-    if !is_staff(&caller.0) && row.status == "INACTIVE" {
+    if !is_staff(&caller.0) && row.status == EventStatus::Inactive {
         return Err(no_event(&id));
     }
     let rewards = state.catalog.rewards_of(&id).await?;
@@ -324,8 +333,10 @@ fn apply_update(current: &EventRow, body: &UpdateEvent, now: i64) -> Result<(Eve
         next.description = description.clone();
     }
     if let Some(status) = &body.status {
-        errors.extend(check_status(status, "status").err());
-        next.status = status.clone();
+        match check_status(status, "status") {
+            Ok(status) => next.status = status,
+            Err(error) => errors.push(error),
+        }
     }
     if let Some(zone) = &body.time_zone {
         match dates::time_zone(zone) {

@@ -14,6 +14,7 @@ use rewards_kit::store::Store;
 use rewards_kit::{Problem, with_pool, with_write_tx};
 use serde_json::Value;
 
+use crate::domain::EventStatus;
 use crate::targets::{Target, Targets};
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -25,7 +26,7 @@ pub struct EventRow {
     pub start_at: i64,
     pub end_at: i64,
     pub time_zone: String,
-    pub status: String,
+    pub status: EventStatus,
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -59,7 +60,7 @@ pub struct Change<'a> {
 /// Filters of the event list.
 #[derive(Debug, Default, Clone)]
 pub struct EventFilter {
-    pub status: Option<String>,
+    pub status: Option<EventStatus>,
     /// Only events whose window contains this instant (micros).
     pub active_at: Option<i64>,
 }
@@ -176,7 +177,7 @@ impl CatalogStore {
                 .bind(row.start_at)
                 .bind(row.end_at)
                 .bind(&row.time_zone)
-                .bind(&row.status)
+                .bind(row.status)
                 .bind(&row.created_by)
                 .bind(row.created_at)
                 .bind(row.updated_at)
@@ -205,7 +206,7 @@ impl CatalogStore {
             sqlx::query_as::<_, EventRow>(&sql)
                 .bind(at)
                 .bind(&id)
-                .bind(&filter.status)
+                .bind(filter.status)
                 .bind(filter.active_at)
                 .bind(page.fetch())
                 .fetch_all(pool)
@@ -238,7 +239,7 @@ impl CatalogStore {
                 .bind(next.start_at)
                 .bind(next.end_at)
                 .bind(&next.time_zone)
-                .bind(&next.status)
+                .bind(next.status)
                 .bind(next.updated_at)
                 .bind(id)
                 .execute(&mut *tx)

@@ -59,7 +59,7 @@ impl Target {
 
     /// Claimable at `now` (micros): `ACTIVE` and inside the window.
     pub fn open_at(&self, now: i64) -> bool {
-        self.event.status == crate::domain::EventStatus::Active.as_str()
+        self.event.status == crate::domain::EventStatus::Active
             && now >= self.event.start_at
             && now <= self.event.end_at
     }
@@ -135,7 +135,7 @@ mod tests {
             start_at: 0,
             end_at: 10,
             time_zone: "UTC".into(),
-            status: "ACTIVE".into(),
+            status: crate::domain::EventStatus::Active,
             created_by: "op".into(),
             created_at: 0,
             updated_at: 0,

@@ -2,6 +2,7 @@
 
 mod audit;
 mod claims;
+mod decider;
 mod events;
 mod payout;
 mod rewards;
