@@ -170,8 +170,10 @@ pub struct ProgressList {
     responses((status = 200, body = ProgressList), (status = 401, body = ProblemSchema)))]
 async fn progress(State(state): State<AppState>, caller: Caller) -> Result<Json<ProgressList>, Problem> {
     let now = state.clock.now();
-    let filter =
-        store::EventFilter { status: Some(domain::EventStatus::Active), active_at: Some(rewards_kit::clock::to_micros(now)) };
+    let filter = store::EventFilter {
+        status: Some(domain::EventStatus::Active),
+        active_at: Some(rewards_kit::clock::to_micros(now)),
+    };
     let page = PageRequest::parse(Some(rewards_kit::page::MAX_LIMIT), None)?;
     let ledger = evaluator::Ledger { store: state.store() };
     let mut items = Vec::new();

@@ -33,7 +33,13 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
                 proptest::collection::vec((1i64..4, proptest::option::of(0i64..5)), n),
                 proptest::collection::vec((0usize..4, 0..n, 1i64..5), 0..10),
                 proptest::collection::vec(
-                    (0usize..5, 0..=n, proptest::bool::weighted(0.1), proptest::bool::weighted(0.8), proptest::option::weighted(0.4, 0usize..2)),
+                    (
+                        0usize..5,
+                        0..=n,
+                        proptest::bool::weighted(0.1),
+                        proptest::bool::weighted(0.8),
+                        proptest::option::weighted(0.4, 0usize..2),
+                    ),
                     1..24,
                 ),
                 proptest::collection::vec((0usize..5, 0usize..2), 0..3),
@@ -66,7 +72,14 @@ async fn prepare(store: &Store, scenario: &Scenario) {
     with_pool!(store, |pool| {
         sqlx::query(event).bind(EVENT).execute(pool).await.unwrap();
         for (i, (limit, stock)) in scenario.rewards.iter().enumerate() {
-            sqlx::query(reward).bind(format!("r{i}")).bind(EVENT).bind(*stock).bind(*limit).execute(pool).await.unwrap();
+            sqlx::query(reward)
+                .bind(format!("r{i}"))
+                .bind(EVENT)
+                .bind(*stock)
+                .bind(*limit)
+                .execute(pool)
+                .await
+                .unwrap();
         }
         let mut seen = std::collections::HashSet::new();
         for (n, (user, reward, slot)) in scenario.held.iter().enumerate() {
@@ -126,7 +139,8 @@ fn grants(scenario: &Scenario) -> Vec<Grant> {
 }
 
 async fn state_of(store: &Store) -> State {
-    let claims = "SELECT id, user_id, reward_id, slot, status, reason FROM reward_claims ORDER BY user_id, reward_id, id";
+    let claims =
+        "SELECT id, user_id, reward_id, slot, status, reason FROM reward_claims ORDER BY user_id, reward_id, id";
     let remaining = "SELECT id, remaining FROM rewards ORDER BY id";
     let keys = "SELECT user_id, key, response_status FROM idempotency_keys ORDER BY user_id, key";
     with_pool!(store, |pool| {
