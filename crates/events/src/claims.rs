@@ -26,7 +26,7 @@ use crate::AppState;
 use crate::batch::{self, TransitionRow};
 use crate::commit::{Grant, GrantError};
 use crate::condition::Condition;
-use crate::domain::ClaimStatus;
+use crate::domain::{ClaimId, ClaimStatus, EventId, RewardId};
 use crate::evaluator::Ledger;
 use crate::keys::{self, Answer, Begun};
 use crate::rule::{self, Verdict};
@@ -190,6 +190,11 @@ async fn replayed(state: &AppState, user: &str, key: &str) -> Result<Answer, Pro
     Err(in_progress())
 }
 
+/// A claim id from a path: anything but a UUID names no claim.
+fn claim_id(text: &str) -> Result<ClaimId, Problem> {
+    ClaimId::parse(text).ok_or_else(|| Problem::not_found(format!("no claim `{text}`")))
+}
+
 fn hex_sha256(text: &str) -> String {
     Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -208,6 +213,9 @@ async fn claim(
     claim_id: String,
     key: Option<&str>,
 ) -> Result<Answer, Halt> {
+    if EventId::parse(&body.event_id).is_none() || RewardId::parse(&body.reward_id).is_none() {
+        return Err(Halt::Early(rule::not_found()));
+    }
     for _ in 0..MAX_CHECKS {
         let target = state.catalog.claim_target(&body.event_id, &body.reward_id).await.map_err(Halt::Failed)?;
         let now = to_micros(state.clock.now());
@@ -401,9 +409,10 @@ pub async fn get_one(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ClaimView>, Problem> {
+    let id = claim_id(&id)?;
     let sql = format!("SELECT {CLAIM_COLUMNS} FROM reward_claims WHERE id = $1");
     let row: Option<ClaimRow> =
-        with_pool!(state.store(), |pool| sqlx::query_as(&sql).bind(&id).fetch_optional(pool).await)?;
+        with_pool!(state.store(), |pool| sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(pool).await)?;
     let staff = caller.0.has_any_role(&[Role::Operator, Role::Auditor, Role::Admin]);
     match row {
         Some(row) if staff || row.user_id == caller.0.sub => Ok(Json(ClaimView::from_row(&row))),
@@ -442,6 +451,8 @@ pub const LEDGER_ACTOR: &str = "ledger";
 /// A claim approved (or retried) with the built-in ledger is paid in the same
 /// transaction; with an external sink it goes to the payout outbox.
 async fn step(state: &AppState, actor: &Identity, id: &str, step: Step) -> Result<ClaimView, Problem> {
+    let id = claim_id(id)?;
+    let id = id.as_str();
     let (from, to) = step.transition();
     let builtin = state.settings.payout_webhook_url.is_none();
     let now = to_micros(state.clock.now());
@@ -669,16 +680,17 @@ pub async fn transitions(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TransitionList>, Problem> {
+    let id = claim_id(&id)?;
     let claim = format!("SELECT {CLAIM_COLUMNS} FROM reward_claims WHERE id = $1");
     let steps = "SELECT from_status, to_status, actor_id, reason, at FROM claim_transitions \
                  WHERE claim_id = $1 ORDER BY at, id";
     let row: Option<ClaimRow> =
-        with_pool!(state.store(), |pool| sqlx::query_as(&claim).bind(&id).fetch_optional(pool).await)?;
+        with_pool!(state.store(), |pool| sqlx::query_as(&claim).bind(id.as_str()).fetch_optional(pool).await)?;
     let staff = caller.0.has_any_role(&[Role::Operator, Role::Auditor, Role::Admin]);
     let row = row
         .filter(|r| staff || r.user_id == caller.0.sub)
         .ok_or_else(|| Problem::not_found(format!("no claim `{id}`")))?;
     let stored: Vec<StoredTransition> =
-        with_pool!(state.store(), |pool| sqlx::query_as(steps).bind(&id).fetch_all(pool).await)?;
+        with_pool!(state.store(), |pool| sqlx::query_as(steps).bind(id.as_str()).fetch_all(pool).await)?;
     Ok(Json(TransitionList { items: history(&row, stored) }))
 }

@@ -118,6 +118,63 @@ text_enum!(
     }
 );
 
+/// An id the service makes: a UUID (v7, so ids sort in the order they
+/// were made), kept in its hyphenated text form. Parsing one from a request
+/// refuses anything else before a store is asked.
+macro_rules! uuid_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self(uuid::Uuid::now_v7().to_string())
+            }
+
+            /// `None` unless `text` is a UUID in its hyphenated form.
+            pub fn parse(text: &str) -> Option<Self> {
+                let uuid = uuid::Uuid::try_parse(text).ok()?;
+                let canonical = uuid.hyphenated().to_string();
+                (canonical == text.to_ascii_lowercase()).then_some(Self(canonical))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A reward claim's id.
+    ClaimId
+);
+uuid_id!(
+    /// An event's id.
+    EventId
+);
+uuid_id!(
+    /// A reward's id.
+    RewardId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +190,15 @@ mod tests {
         }
         assert_eq!(EventStatus::names(), "ACTIVE, INACTIVE or ENDED");
         assert!("GRANTED".parse::<ClaimStatus>().is_err());
+    }
+
+    #[test]
+    fn ids_parse_only_from_uuids() {
+        let id = ClaimId::new();
+        assert_eq!(ClaimId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(ClaimId::parse(&id.as_str().to_uppercase()), Some(id));
+        for junk in ["nope", "", "0193c0de00007000800000000000000", "0193c0de-0000-7000-8000-00000000000g"] {
+            assert_eq!(ClaimId::parse(junk), None, "{junk}");
+        }
     }
 }
