@@ -48,10 +48,13 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
         .prop_map(|(rewards, held, grants, answered)| Scenario { rewards, held, grants, answered })
 }
 
+/// A claim as compared: id, player, reward, slot, status, reason.
+type ClaimRow = (String, String, String, Option<i64>, String, Option<String>);
+
 /// What a store holds after the batch, in a comparable order.
 #[derive(Debug, PartialEq, Eq)]
 struct State {
-    claims: Vec<(String, String, String, Option<i64>, String, Option<String>)>,
+    claims: Vec<ClaimRow>,
     remaining: Vec<(String, Option<i64>)>,
     keys: Vec<(String, String, Option<i64>)>,
 }
@@ -144,8 +147,7 @@ async fn state_of(store: &Store) -> State {
     let remaining = "SELECT id, remaining FROM rewards ORDER BY id";
     let keys = "SELECT user_id, key, response_status FROM idempotency_keys ORDER BY user_id, key";
     with_pool!(store, |pool| {
-        let mut claims: Vec<(String, String, String, Option<i64>, String, Option<String>)> =
-            sqlx::query_as(claims).fetch_all(pool).await.unwrap();
+        let mut claims: Vec<ClaimRow> = sqlx::query_as(claims).fetch_all(pool).await.unwrap();
         // Refusal records get a fresh id on each store; compare them by what they say.
         for claim in &mut claims {
             if claim.0.len() == 36 {
