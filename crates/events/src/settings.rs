@@ -15,6 +15,9 @@ pub struct EventsSettings {
     pub database_url: Option<String>,
     /// Largest store connection pool.
     pub max_connections: u32,
+    /// How long a request waits for a store connection before it is
+    /// answered 503 (with `Retry-After`), in milliseconds.
+    pub pool_timeout_ms: u64,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
     /// The time zone of date-only event dates and of day counting, unless an
@@ -42,6 +45,7 @@ impl Default for EventsSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], crate::DEFAULT_PORT)),
             database_url: None,
             max_connections: StoreOptions::default().max_connections,
+            pool_timeout_ms: store::DEFAULT_POOL_TIMEOUT_MS,
             body_limit: rewards_kit::http::DEFAULT_BODY_LIMIT,
             time_zone: "Asia/Seoul".to_owned(),
             payout_webhook_url: None,
@@ -60,6 +64,9 @@ impl EventsSettings {
     }
 
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions { max_connections: self.max_connections, ..StoreOptions::default() }
+        StoreOptions {
+            max_connections: self.max_connections,
+            acquire_timeout: std::time::Duration::from_millis(self.pool_timeout_ms),
+        }
     }
 }

@@ -243,3 +243,219 @@ pub fn count(
 ) -> usize {
     results.iter().filter(|(s, b)| *s == status && code.is_none_or(|c| b["code"] == c)).count()
 }
+
+/// A fault to inject at the next PostgreSQL `COMMIT` through a [`FaultProxy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitFault {
+    /// Forward the `COMMIT`, swallow the server's reply, then cut the
+    /// connection: the transaction committed, and the client never hears so.
+    LoseReply,
+    /// Cut the connection instead of forwarding the `COMMIT`: the server sees
+    /// its client vanish mid-transaction and rolls back.
+    DropBefore,
+}
+
+/// What a [`FaultProxy`] and its connections share.
+#[derive(Debug, Default)]
+struct ProxyFaults {
+    /// Faults armed, the first for the next `COMMIT` seen on any connection.
+    armed: std::sync::Mutex<std::collections::VecDeque<CommitFault>>,
+    /// How many armed faults have fired.
+    fired: std::sync::atomic::AtomicUsize,
+}
+
+impl ProxyFaults {
+    fn take(&self) -> Option<CommitFault> {
+        self.armed.lock().expect("proxy faults").pop_front()
+    }
+}
+
+/// A PostgreSQL simple-query message carrying exactly `COMMIT`: type `Q`, the
+/// length (itself included: 4 + 7), the text and its NUL. sqlx commits with
+/// this message (its transaction manager sends the bare `COMMIT` as a simple
+/// query).
+const COMMIT_MESSAGE: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+/// The server's `ReadyForQuery` (type `Z`, length 5, then the status byte):
+/// the last message of its reply to a simple query.
+const READY_FOR_QUERY: &[u8] = b"Z\0\0\0\x05";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A TCP proxy in front of PostgreSQL that can break the connection at the
+/// next `COMMIT`, to see what a service does when a commit's fate is unknown.
+///
+/// Every connection to [`FaultProxy::addr`] is forwarded, in both directions,
+/// to the upstream address. Armed (see [`FaultProxy::lose_next_commit_reply`]
+/// and [`FaultProxy::drop_before_next_commit`]), the first connection that
+/// sends a `COMMIT` meets the fault; each arming serves one `COMMIT`.
+///
+/// The client→server bytes are scanned a chunk (one read) at a time: a
+/// `COMMIT` message split across two reads would be missed. sqlx writes each
+/// small message in one write, so in practice the 12 bytes arrive together.
+/// The proxy assumes plaintext connections (sqlx as built here has no TLS).
+pub struct FaultProxy {
+    addr: SocketAddr,
+    faults: std::sync::Arc<ProxyFaults>,
+    /// The accept loop; it owns the connections' tasks, so aborting it
+    /// (on drop) cuts every connection.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Listens on `127.0.0.1:0` and forwards every connection to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let faults = std::sync::Arc::new(ProxyFaults::default());
+        let task = tokio::spawn({
+            let faults = faults.clone();
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    let Ok((client, _)) = listener.accept().await else { continue };
+                    // Reap finished connections so the set does not grow.
+                    while connections.try_join_next().is_some() {}
+                    connections.spawn(proxy_connection(client, upstream, faults.clone()));
+                }
+            }
+        });
+        Self { addr, faults, task }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `url` (`scheme://[user[:password]@]host:port/...`) with its host and
+    /// port replaced by the proxy's.
+    pub fn route(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let userinfo = authority.rsplit_once('@').map(|(user, _)| format!("{user}@")).unwrap_or_default();
+        format!("{scheme}://{userinfo}{}{tail}", self.addr)
+    }
+
+    /// The next `COMMIT` reaches the server and commits, but its reply is
+    /// swallowed and the connection cut: the client cannot know it committed.
+    pub fn lose_next_commit_reply(&self) {
+        self.arm(CommitFault::LoseReply);
+    }
+
+    /// The connection is cut just before the next `COMMIT` would be
+    /// forwarded: the server rolls the transaction back.
+    pub fn drop_before_next_commit(&self) {
+        self.arm(CommitFault::DropBefore);
+    }
+
+    fn arm(&self, fault: CommitFault) {
+        self.faults.armed.lock().expect("proxy faults").push_back(fault);
+    }
+
+    /// How many armed faults have fired.
+    pub fn fired(&self) -> usize {
+        self.faults.fired.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The socket address a database URL's host and port name.
+pub async fn upstream_of(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
+    tokio::net::lookup_host(&host_port)
+        .await
+        .unwrap_or_else(|e| panic!("resolve {host_port}: {e}"))
+        .next()
+        .unwrap_or_else(|| panic!("{host_port} resolves to no address"))
+}
+
+/// Forwards one connection until either side closes or a fault cuts it.
+async fn proxy_connection(client: tokio::net::TcpStream, upstream: SocketAddr, faults: std::sync::Arc<ProxyFaults>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    // Set by either direction to end both (and so close both sockets).
+    let cut = tokio_util::sync::CancellationToken::new();
+    // Set (before the COMMIT is forwarded) when its reply is to be swallowed.
+    let swallow = std::sync::Arc::new(AtomicBool::new(false));
+
+    let upward = {
+        let (cut, swallow, faults) = (cut.clone(), swallow.clone(), faults.clone());
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = tokio::select! {
+                    _ = cut.cancelled() => return,
+                    read = client_rx.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    },
+                };
+                let chunk = &buf[..n];
+                if contains(chunk, COMMIT_MESSAGE)
+                    && let Some(fault) = faults.take()
+                {
+                    faults.fired.fetch_add(1, Ordering::AcqRel);
+                    match fault {
+                        CommitFault::DropBefore => break,
+                        // The reply is swallowed downstream; this side just
+                        // forwards the COMMIT and waits to be cut.
+                        CommitFault::LoseReply => swallow.store(true, Ordering::Release),
+                    }
+                }
+                if server_tx.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+            cut.cancel();
+        }
+    };
+
+    let downward = {
+        let cut = cut.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = tokio::select! {
+                    _ = cut.cancelled() => return,
+                    read = server_rx.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    },
+                };
+                let chunk = &buf[..n];
+                // The client waits for each reply before it sends the next
+                // message, so whatever the server sends after the COMMIT
+                // arrived is the COMMIT's reply: swallow it, up to its
+                // ReadyForQuery (by then the server has committed), then cut.
+                if swallow.load(Ordering::Acquire) {
+                    if contains(chunk, READY_FOR_QUERY) {
+                        break;
+                    }
+                    continue;
+                }
+                if client_tx.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+            cut.cancel();
+        }
+    };
+
+    // Both halves of both sockets are dropped when this returns: both closed.
+    tokio::join!(upward, downward);
+}

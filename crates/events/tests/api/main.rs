@@ -4,6 +4,7 @@ mod audit;
 mod claims;
 mod decider;
 mod events;
+mod faults;
 mod payout;
 mod rewards;
 mod support;

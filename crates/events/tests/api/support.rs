@@ -30,8 +30,15 @@ impl TestEvents {
     }
 
     pub async fn start_with(store: TestStore, settings: EventsSettings) -> Self {
+        let url = store.url.clone();
+        Self::start_at(store, &url, settings).await
+    }
+
+    /// Started on `store`, opened with `url` (the store's own, or one that
+    /// reaches it another way, such as through a fault proxy).
+    pub async fn start_at(store: TestStore, url: &str, settings: EventsSettings) -> Self {
         let clock = ManualClock::new(at("2026-11-24T03:00:00Z"));
-        let state = rewards_events::open(&settings, &store.url, SharedClock::new(clock.clone())).await.unwrap();
+        let state = rewards_events::open(&settings, url, SharedClock::new(clock.clone())).await.unwrap();
         let key = IdentityKey::generate();
         let server = TestServer::spawn(rewards_events::router(state.clone(), key.clone())).await;
         Self { server, key, clock, state, store: Arc::new(store) }
