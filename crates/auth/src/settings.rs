@@ -17,6 +17,9 @@ pub struct AuthSettings {
     pub database_url: Option<String>,
     /// Largest store connection pool.
     pub max_connections: u32,
+    /// How long a request waits for a store connection before it is
+    /// answered 503 (with `Retry-After`), in milliseconds.
+    pub pool_timeout_ms: u64,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
 
@@ -68,6 +71,7 @@ impl Default for AuthSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], crate::DEFAULT_PORT)),
             database_url: None,
             max_connections: StoreOptions::default().max_connections,
+            pool_timeout_ms: store::DEFAULT_POOL_TIMEOUT_MS,
             body_limit: rewards_kit::http::DEFAULT_BODY_LIMIT,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 14 * 24 * 3600,
@@ -100,7 +104,10 @@ impl AuthSettings {
     }
 
     pub fn store_options(&self) -> StoreOptions {
-        StoreOptions { max_connections: self.max_connections, ..StoreOptions::default() }
+        StoreOptions {
+            max_connections: self.max_connections,
+            acquire_timeout: Duration::from_millis(self.pool_timeout_ms),
+        }
     }
 
     pub fn access_ttl(&self) -> chrono::Duration {

@@ -203,7 +203,7 @@ impl Store {
         let started = Instant::now();
         match self {
             Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
-            Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+            Store::Postgres(pool) => ping_postgres(pool).await?,
         }
         Ok(started.elapsed())
     }
@@ -237,6 +237,29 @@ impl Store {
         match self {
             Store::Sqlite(pool) => pool.close().await,
             Store::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// How long `/ready` waits for a pooled PostgreSQL connection before it
+/// asks the server on a connection of its own.
+const POOLED_PING_FOR: Duration = Duration::from_millis(150);
+
+/// `SELECT 1` on a pooled connection, or, when none comes quickly, on a new
+/// one. A pool keeps retrying a server that refuses connections until its
+/// acquire timeout; a connection of its own hears the refusal at once, so a
+/// stopped server is reported down in milliseconds, while a pool that is
+/// only busy is not mistaken for a store that is down.
+async fn ping_postgres(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let pooled = tokio::time::timeout(POOLED_PING_FOR, sqlx::query("SELECT 1").execute(pool)).await;
+    match pooled {
+        Ok(done) => done.map(drop),
+        Err(_) => {
+            use sqlx::Connection;
+            let mut own = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+            sqlx::query("SELECT 1").execute(&mut own).await?;
+            let _ = own.close().await;
+            Ok(())
         }
     }
 }

@@ -389,22 +389,27 @@ async fn connected<'c>(pool: &PgPool, conn: &'c mut Option<PgConnection>) -> Res
 pub async fn write_batch(link: &mut Link, grants: &[Grant], faults: &Faults) -> Result<Decided, BatchError> {
     let asks: Vec<Ask> = grants.iter().map(Grant::ask).collect();
     let needs = Needs::of(grants);
+    // An async block, so that `?` ends the batch, not `write_batch` (which
+    // must still drop a PostgreSQL connection that failed).
     macro_rules! batch {
-        ($module:ident, $tx:expr) => {{
-            let mut tx = $tx.await.map_err(BatchError::NotCommitted)?;
-            let snapshot = $module::read(&mut tx, &needs).await.map_err(BatchError::NotCommitted)?;
-            let decided = rule::decide(&asks, &snapshot);
-            let writes = Writes::of(grants, &decided);
-            $module::write(&mut tx, &writes).await.map_err(BatchError::NotCommitted)?;
-            match tx.commit().await {
-                Err(err) => Err(BatchError::Unknown(decided, err)),
-                Ok(()) if faults.take_lost_reply() => Err(BatchError::Unknown(
-                    decided,
-                    sqlx::Error::Protocol("injected: the commit's reply was lost".into()),
-                )),
-                Ok(()) => Ok(decided),
+        ($module:ident, $tx:expr) => {
+            async {
+                let mut tx = $tx.await.map_err(BatchError::NotCommitted)?;
+                let snapshot = $module::read(&mut tx, &needs).await.map_err(BatchError::NotCommitted)?;
+                let decided = rule::decide(&asks, &snapshot);
+                let writes = Writes::of(grants, &decided);
+                $module::write(&mut tx, &writes).await.map_err(BatchError::NotCommitted)?;
+                match tx.commit().await {
+                    Err(err) => Err(BatchError::Unknown(decided, err)),
+                    Ok(()) if faults.take_lost_reply() => Err(BatchError::Unknown(
+                        decided,
+                        sqlx::Error::Protocol("injected: the commit's reply was lost".into()),
+                    )),
+                    Ok(()) => Ok(decided),
+                }
             }
-        }};
+            .await
+        };
     }
     match link {
         Link::Postgres { pool, conn } => {

@@ -112,7 +112,13 @@ async fn reply(response: reqwest::Response) -> Reply {
     (status, retry_after, response.json().await.unwrap_or(Value::Null))
 }
 
-fn claim_request(events: &TestEvents, who: &Identity, key: Option<&str>, event: &str, reward: &str) -> reqwest::RequestBuilder {
+fn claim_request(
+    events: &TestEvents,
+    who: &Identity,
+    key: Option<&str>,
+    event: &str,
+    reward: &str,
+) -> reqwest::RequestBuilder {
     let request = events.call(Method::POST, "/reward-claims", Some(who));
     let request = match key {
         Some(key) => request.header("Idempotency-Key", key),
@@ -159,7 +165,13 @@ async fn assert_store_holds(events: &TestEvents, reward: &str, granted: &BTreeSe
 
 /// Each key, sent again, gets the answer its first request got. Check the
 /// store before: the replay of a key left open goes on and writes its claim.
-async fn assert_replays(events: &TestEvents, requests: &[(Identity, String)], first: &[Reply], event: &str, reward: &str) {
+async fn assert_replays(
+    events: &TestEvents,
+    requests: &[(Identity, String)],
+    first: &[Reply],
+    event: &str,
+    reward: &str,
+) {
     for ((who, key), (status, _, body)) in requests.iter().zip(first) {
         let again = claim_request(events, who, Some(key), event, reward).send().await.unwrap();
         let (again_status, _, again_body) = reply(again).await;
