@@ -131,6 +131,10 @@ impl CatalogStore {
     /// A reward of an event with what a claim needs of both, or `None` when
     /// there is no such reward of that event.
     pub async fn claim_target(&self, event_id: &str, reward_id: &str) -> Result<Option<Arc<Target>>, Problem> {
+        if let Some(target) = self.targets.get(reward_id) {
+            return Ok(Some(target).filter(|t| t.event.id == event_id));
+        }
+        let _turn = self.targets.read_turn(reward_id).await;
         let target = match self.targets.get(reward_id) {
             Some(target) => target,
             None => {

@@ -75,11 +75,34 @@ pub struct Targets {
     /// Bumped by every change forgotten: a target read before a change must
     /// not be remembered after it.
     generation: AtomicU64,
+    /// Turns at reading a target from the store, striped by reward: when a
+    /// remembered target expires under load, the claims that miss it at once
+    /// wait for the first one's read instead of each reading it again.
+    reads: [tokio::sync::Mutex<()>; READ_STRIPES],
 }
+
+/// Stripes of [`Targets::reads`] (bounded, whatever rewards are asked for).
+const READ_STRIPES: usize = 16;
 
 impl Targets {
     pub fn new(fresh_for: Duration) -> Self {
-        Self { fresh_for, by_reward: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
+        Self {
+            fresh_for,
+            by_reward: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            reads: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Waits for the turn to read `reward_id`'s target from the store; look
+    /// again with [`Targets::get`] once it comes (the previous turn may have
+    /// read it). No turns are taken when nothing is remembered.
+    pub async fn read_turn(&self, reward_id: &str) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.fresh_for.is_zero() {
+            return None;
+        }
+        let hash = reward_id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        Some(self.reads[(hash % READ_STRIPES as u64) as usize].lock().await)
     }
 
     /// Taken before reading a target from the store; see [`Targets::put`].
