@@ -373,17 +373,9 @@ impl Link {
 
 /// The writer's PostgreSQL connection, opened when there is none (within
 /// the pool's acquire timeout).
-///
-/// It plans each statement for the batch at hand (`plan_cache_mode =
-/// force_custom_plan`): a generic plan is made once and kept until the
-/// table's statistics change, so one made while `reward_claims` was nearly
-/// empty (a hash join over a scan of the whole table) went on being used as
-/// the table grew to 100,000 claims, before autovacuum's first analyze — a
-/// bench run spent a third of PostgreSQL's CPU in those scans. Planning a
-/// batch's four statements costs far less than one such scan.
 async fn connected<'c>(pool: &PgPool, conn: &'c mut Option<PgConnection>) -> Result<&'c mut PgConnection, sqlx::Error> {
     if conn.is_none() {
-        let options = pool.connect_options().as_ref().clone().options([("plan_cache_mode", "force_custom_plan")]);
+        let options = pool.connect_options();
         let timeout = pool.options().get_acquire_timeout();
         let opened = tokio::time::timeout(timeout, PgConnection::connect_with(&options))
             .await
