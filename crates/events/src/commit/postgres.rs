@@ -1,6 +1,7 @@
 //! A grant batch on PostgreSQL: what it locks and reads, and how it writes
-//! what [`crate::rule::decide`] decided — four round trips in one
-//! transaction (lock the rewards, read slots and keys, write, commit).
+//! what [`crate::rule::decide`] decided — in one transaction: begin, lock the
+//! rewards, read the players' live slots (and lock the batch's idempotency
+//! keys, when it has any), write, commit.
 //!
 //! The slots are read by a statement of their own, after the rewards' locks
 //! are held: a statement sees what was committed when it started, so reading
