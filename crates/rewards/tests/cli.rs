@@ -272,8 +272,17 @@ async fn separate_processes_share_a_secret_and_answer_through_the_gateway() {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let line = events.log_text().lines().find(|l| l.contains(id)).map(str::to_owned).expect("a log line with the id");
+    // The line reaches the log file when the process writes it: wait for it
+    // (a busy machine can take longer than a moment).
+    let mut line = None;
+    for _ in 0..100 {
+        line = events.log_text().lines().find(|l| l.contains(id)).map(str::to_owned);
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = line.expect("a log line with the id");
     let json: Value = serde_json::from_str(&line).expect("JSON log line");
     assert_eq!(json["span"]["request_id"], id);
     assert!(!events.log_text().contains(SECRET) && !gateway.log_text().contains(SECRET), "secrets are never logged");
