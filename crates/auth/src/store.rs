@@ -14,6 +14,13 @@ use rewards_kit::page::{PageRequest, keyset_condition};
 use rewards_kit::store::{Store, is_unique_violation};
 use rewards_kit::{with_pool, with_write_tx};
 
+/// The key a username is found by: ASCII letters folded, nothing else.
+/// Usernames are ASCII (see `users::check_username`); Unicode folding would
+/// let another spelling (`Kevin` with U+212A KELVIN SIGN) find `kevin`.
+pub fn username_key(username: &str) -> String {
+    username.to_ascii_lowercase()
+}
+
 /// A user as stored (with the password hash, which never leaves the service).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRecord {
@@ -152,7 +159,7 @@ impl AuthStore {
         );
         let at = to_micros(user.now);
         let roles = format_roles(user.roles);
-        let key = user.username.to_lowercase();
+        let key = username_key(user.username);
         let attributes = match user.referrer_id {
             Some(referrer) => serde_json::json!({ "referrerId": referrer }).to_string(),
             None => "{}".to_owned(),
@@ -181,7 +188,7 @@ impl AuthStore {
 
     pub async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, sqlx::Error> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = $1");
-        let key = username.to_lowercase();
+        let key = username_key(username);
         with_pool!(&self.store, |pool| sqlx::query_as::<_, UserRecord>(&sql).bind(&key).fetch_optional(pool).await)
     }
 
@@ -207,7 +214,7 @@ impl AuthStore {
         );
         let (at, id) = page.bounds();
         let role = role.map(|r| format!("%,{},%", r.as_str()));
-        let q = q.map(|q| format!("%{}%", escape_like(&q.to_lowercase())));
+        let q = q.map(|q| format!("%{}%", escape_like(&username_key(&q))));
         with_pool!(&self.store, |pool| {
             sqlx::query_as::<_, UserRecord>(&sql)
                 .bind(at)
@@ -237,7 +244,7 @@ impl AuthStore {
         actor: (&str, &str),
         now: DateTime<Utc>,
     ) -> Result<(UserRecord, UserRecord), StoreError> {
-        let key = username.to_lowercase();
+        let key = username_key(username);
         let new_roles = format_roles(roles);
         let at = to_micros(now);
         let select = format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = $1");

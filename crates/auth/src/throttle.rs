@@ -45,7 +45,7 @@ impl LoginThrottle {
     }
 
     fn keys(username: &str, addr: Option<IpAddr>) -> (String, Option<String>) {
-        (format!("user:{}", username.to_lowercase()), addr.map(|a| format!("addr:{a}")))
+        (format!("user:{}", crate::store::username_key(username)), addr.map(|a| format!("addr:{a}")))
     }
 
     /// 429 when either the username or the address has used up its failures.

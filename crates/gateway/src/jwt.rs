@@ -222,6 +222,12 @@ impl Verifier {
         if header.alg != Algorithm::EdDSA {
             return Err(invalid("unsupported algorithm"));
         }
+        // RFC 7515 §4.1.11: a token naming header extensions its recipient
+        // must understand is refused by one that does not; this one
+        // understands none (the auth service never sets `crit`).
+        if header.crit.is_some() {
+            return Err(invalid("critical header extensions are not understood"));
+        }
         let kid = header.kid.ok_or_else(|| invalid("no key id"))?;
         let key = match self.key(&kid) {
             Some(key) => key,

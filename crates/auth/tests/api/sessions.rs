@@ -15,6 +15,7 @@ use crate::support::*;
 store_tests!(
     login_answers_an_oauth_token_pair_signed_with_a_published_key,
     bad_credentials_are_401_alike_for_unknown_users,
+    a_username_is_found_only_by_its_ascii_spelling,
     refresh_rotates_and_a_replay_revokes_the_whole_session,
     concurrent_refreshes_of_one_token_let_exactly_one_through,
     refresh_tokens_expire,
@@ -88,6 +89,20 @@ async fn bad_credentials_are_401_alike_for_unknown_users(store: TestStore) {
     assert_eq!(wrong["detail"], unknown["detail"], "the answer does not tell who exists");
     let missing = auth.post("/auth/login", None, json!({ "username": "real_user" })).await;
     problem(missing, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+}
+
+/// Usernames are ASCII, and case folds only in ASCII: `Kevin` spelt with
+/// U+212A KELVIN SIGN (which Unicode lowercases to `k`) is nobody, at login
+/// and at signup alike, while `KEVIN` is `kevin`.
+async fn a_username_is_found_only_by_its_ascii_spelling(store: TestStore) {
+    let auth = TestAuth::start(store).await;
+    auth.signup("kevin", "password-1").await;
+    let kelvin = "\u{212A}evin";
+    assert_eq!(kelvin.to_lowercase(), "kevin", "the spelling Unicode folds onto kevin");
+    problem(auth.login(kelvin, "password-1").await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    let signup = auth.post("/auth/signup", None, json!({ "username": kelvin, "password": "password-1" })).await;
+    problem(signup, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(auth.login("KEVIN", "password-1").await.status(), StatusCode::OK);
 }
 
 async fn refresh_rotates_and_a_replay_revokes_the_whole_session(store: TestStore) {

@@ -64,6 +64,14 @@ async fn bad_tokens_are_401_with_a_bearer_challenge_and_never_forwarded() {
     hs_header.kid = Some(real.kid.clone());
     let confused = jsonwebtoken::encode(&hs_header, &claims(600), &EncodingKey::from_secret(&real.public_key)).unwrap();
 
+    // Signed with the real key, but naming a critical extension (RFC 7797's
+    // unencoded payload) that nothing here understands.
+    let mut crit_header = Header::new(Algorithm::EdDSA);
+    crit_header.kid = Some(real.kid.clone());
+    crit_header.crit = Some(vec!["b64".into()]);
+    crit_header.extras.insert("b64", false);
+    let critical = jsonwebtoken::encode(&crit_header, &claims(600), &encoding_key(&real)).unwrap();
+
     let before = gw.echo.hits();
     for (what, token) in [
         ("garbage", "not-a-jwt".to_owned()),
@@ -75,6 +83,7 @@ async fn bad_tokens_are_401_with_a_bearer_challenge_and_never_forwarded() {
         ("tampered", tampered),
         ("alg none", alg_none),
         ("HS256 with the public key", confused),
+        ("an unknown critical extension", critical),
     ] {
         let response = gw.call(Method::GET, "/echo/items/1", Some(&token)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
