@@ -214,7 +214,7 @@ impl AuthStore {
         );
         let (at, id) = page.bounds();
         let role = role.map(|r| format!("%,{},%", r.as_str()));
-        let q = q.map(|q| format!("%{}%", escape_like(&username_key(&q))));
+        let q = q.map(|q| format!("%{}%", escape_like(&username_key(q))));
         with_pool!(&self.store, |pool| {
             sqlx::query_as::<_, UserRecord>(&sql)
                 .bind(at)
