@@ -108,6 +108,9 @@ pub enum StoreError {
     NotFound,
     #[error("the last ADMIN cannot lose the role")]
     LastAdmin,
+    /// The acting account no longer holds the role its token names.
+    #[error("the actor is no longer an ADMIN")]
+    ActorNotAdmin,
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
 }
@@ -237,6 +240,10 @@ impl AuthStore {
     /// change that would leave no ADMIN is refused: the count is taken inside
     /// the transaction, after the write, where concurrent demotions serialise
     /// (SQLite's write lock; a PostgreSQL advisory lock for role changes).
+    /// The actor must still be an ADMIN as the store has it (not only as its
+    /// token says: a demoted ADMIN's token lives on until it expires), and the
+    /// user's refresh-token families are revoked with the change, so no
+    /// session of theirs goes on with the old roles.
     pub async fn set_roles(
         &self,
         username: &str,
@@ -251,12 +258,19 @@ impl AuthStore {
         let update =
             format!("UPDATE users SET roles = $1, updated_at = $2 WHERE username_key = $3 RETURNING {USER_COLUMNS}");
         let admins = "SELECT COUNT(*) FROM users WHERE (',' || roles || ',') LIKE '%,ADMIN,%'";
+        let actor_roles = "SELECT roles FROM users WHERE id = $1";
+        let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'roles changed' \
+                      WHERE user_id = $2 AND revoked_at IS NULL";
         let is_pg = matches!(self.store, Store::Postgres(_));
         let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
                      VALUES ($1, $2, $3, $4, 'user', $5, 'roles.update', $6, $7)";
         let pair = with_write_tx!(&self.store, |tx| {
             if is_pg {
                 sqlx::query("SELECT pg_advisory_xact_lock(7431001)").execute(&mut *tx).await?;
+            }
+            let acting: Option<String> = sqlx::query_scalar(actor_roles).bind(actor.0).fetch_optional(&mut *tx).await?;
+            if !acting.is_some_and(|roles| parse_roles(&roles).contains(&Role::Admin)) {
+                return Err(StoreError::ActorNotAdmin);
             }
             let before = sqlx::query_as::<_, UserRecord>(&select)
                 .bind(&key)
@@ -273,6 +287,7 @@ impl AuthStore {
             if remaining == 0 {
                 return Err(StoreError::LastAdmin);
             }
+            sqlx::query(revoke).bind(at).bind(&after.id).execute(&mut *tx).await?;
             sqlx::query(audit)
                 .bind(uuid::Uuid::now_v7().to_string())
                 .bind(at)

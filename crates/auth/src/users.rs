@@ -202,6 +202,7 @@ pub async fn register(
     Json(body): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<UserView>), Problem> {
     caller.require(&[Role::Admin])?;
+    require_admin_in_store(&state, &caller).await?;
     let roles = body.roles.unwrap_or_else(|| vec![Role::User]);
     check_credentials(&body.username, &body.password, check_roles(&roles).err())?;
     let user = create_user(&state, &body.username, body.password, &roles, None, false).await?;
@@ -258,6 +259,17 @@ pub async fn get_one(
     Ok(Json(UserView::from(&user)))
 }
 
+/// The caller's token says ADMIN; so must the store, for the changes that
+/// make or unmake ADMINs (a demoted ADMIN's token lives on until it expires).
+async fn require_admin_in_store(state: &AppState, caller: &Caller) -> Result<(), Problem> {
+    let current = state.db.user_by_id(&caller.0.sub).await?;
+    if current.is_some_and(|user| user.roles().contains(&Role::Admin)) { Ok(()) } else { Err(no_longer_admin()) }
+}
+
+fn no_longer_admin() -> Problem {
+    Problem::forbidden("your account no longer holds the ADMIN role")
+}
+
 fn no_user(username: &str) -> Problem {
     Problem::not_found(format!("no user is called `{username}`"))
 }
@@ -287,6 +299,7 @@ pub async fn set_roles(
         Err(StoreError::LastAdmin) => {
             Err(Problem::conflict(ProblemCode::Conflict, "at least one account must keep the ADMIN role"))
         }
+        Err(StoreError::ActorNotAdmin) => Err(no_longer_admin()),
         Err(err) => Err(Problem::internal_from(err)),
     }
 }

@@ -20,6 +20,7 @@ store_tests!(
     getting_one_user_is_for_admins,
     changing_roles_returns_the_user_and_is_audited,
     the_last_admin_keeps_the_role,
+    a_demoted_admin_s_token_changes_no_roles_and_registers_no_one,
     the_audit_trail_is_for_auditors_and_admins,
 );
 
@@ -309,4 +310,39 @@ async fn the_audit_trail_is_for_auditors_and_admins(store: TestStore) {
         problem(auth.get("/audit", Some(&someone(&[role]))).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
     }
     problem(auth.get("/audit", None).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+}
+
+/// The attack run's finding: an ADMIN demoted to USER, still holding a token
+/// that says ADMIN, re-promoted itself, demoted the original admin and
+/// registered a new ADMIN. The store's roles decide now: each is 403, and
+/// nothing changed.
+async fn a_demoted_admin_s_token_changes_no_roles_and_registers_no_one(store: TestStore) {
+    let auth = TestAuth::start(store).await;
+    let admin = auth.admin().await;
+    let adm4 = auth.user_with("adm4", &[Role::Admin]).await;
+    assert_eq!(adm4.roles, [Role::Admin], "the identity its token carries");
+    let demote = auth.call(Method::PUT, "/users/adm4/roles", Some(&admin)).json(&json!({ "roles": ["USER"] }));
+    assert_eq!(demote.send().await.unwrap().status(), StatusCode::OK);
+
+    let promote_self = auth.call(Method::PUT, "/users/adm4/roles", Some(&adm4)).json(&json!({ "roles": ["ADMIN"] }));
+    problem(promote_self.send().await.unwrap(), StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    let demote_admin = auth.call(Method::PUT, "/users/admin/roles", Some(&adm4)).json(&json!({ "roles": ["USER"] }));
+    problem(demote_admin.send().await.unwrap(), StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    let register = auth
+        .post(
+            "/users/register",
+            Some(&adm4),
+            json!({ "username": "adm5", "password": "password-123", "roles": ["ADMIN"] }),
+        )
+        .await;
+    problem(register, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+
+    let user = |name: &'static str| {
+        let auth = &auth;
+        let admin = admin.clone();
+        async move { auth.get(&format!("/users/{name}"), Some(&admin)).await.json::<Value>().await.unwrap() }
+    };
+    assert_eq!(user("adm4").await["roles"], json!(["USER"]));
+    assert_eq!(user("admin").await["roles"], json!(["ADMIN"]));
+    assert_eq!(auth.get("/users/adm5", Some(&admin)).await.status(), StatusCode::NOT_FOUND);
 }

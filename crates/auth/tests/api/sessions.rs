@@ -19,7 +19,7 @@ store_tests!(
     refresh_rotates_and_a_replay_revokes_the_whole_session,
     concurrent_refreshes_of_one_token_let_exactly_one_through,
     refresh_tokens_expire,
-    a_refresh_carries_the_users_current_roles,
+    a_role_change_ends_the_users_sessions,
     logout_revokes_the_session_of_its_own_user_only,
 );
 
@@ -155,16 +155,28 @@ async fn refresh_tokens_expire(store: TestStore) {
         .await;
 }
 
-async fn a_refresh_carries_the_users_current_roles(store: TestStore) {
+/// A role change ends the user's sessions (no refresh goes on with the old
+/// roles); signing in again carries the new ones.
+async fn a_role_change_ends_the_users_sessions(store: TestStore) {
     let auth = TestAuth::start(store).await;
     let admin = auth.admin().await;
     auth.signup("climber", "password-1").await;
+    auth.signup("bystander", "password-1").await;
     let tokens = auth.tokens("climber", "password-1").await;
+    let other = auth.tokens("bystander", "password-1").await;
     let put =
         auth.call(Method::PUT, "/users/climber/roles", Some(&admin)).json(&json!({ "roles": ["USER", "OPERATOR"] }));
     assert_eq!(put.send().await.unwrap().status(), StatusCode::OK);
-    let renewed: Value = refresh(&auth, tokens["refresh_token"].as_str().unwrap()).await.json().await.unwrap();
-    let claims = verify(&auth, renewed["access_token"].as_str().unwrap()).await.unwrap();
+
+    let stale = refresh(&auth, tokens["refresh_token"].as_str().unwrap()).await;
+    problem(stale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    assert_eq!(
+        refresh(&auth, other["refresh_token"].as_str().unwrap()).await.status(),
+        StatusCode::OK,
+        "others' go on"
+    );
+    let again = auth.tokens("climber", "password-1").await;
+    let claims = verify(&auth, again["access_token"].as_str().unwrap()).await.unwrap();
     assert_eq!(claims.roles, [Role::User, Role::Operator]);
 }
 
