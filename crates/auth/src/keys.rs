@@ -36,6 +36,10 @@ pub struct AccessClaims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: String,
+    /// The user's token version when it was issued: a gateway refuses it
+    /// once the user's tokens are revoked (the version moved on).
+    #[serde(default)]
+    pub tv: i64,
 }
 
 /// RFC 8410: the PKCS#8 v1 wrapping of a 32-byte Ed25519 seed is this fixed

@@ -156,6 +156,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sessions::refresh))
         .routes(routes!(sessions::logout))
         .routes(routes!(sessions::jwks))
+        .routes(routes!(sessions::revocations))
         .split_for_parts()
 }
 

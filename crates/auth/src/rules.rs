@@ -22,5 +22,7 @@ pub fn route_rules() -> Vec<RouteRule> {
         RouteRule::roles(Method::GET, "/users/{username}", admin),
         RouteRule::roles(Method::PUT, "/users/{username}/roles", admin),
         RouteRule::roles(Method::GET, "/audit", &[Role::Auditor, Role::Admin]),
+        // The gateways' revocation feed: internal services only.
+        RouteRule::roles(Method::GET, "/revocations", &[Role::Service]),
     ]
 }

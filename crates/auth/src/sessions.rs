@@ -76,6 +76,7 @@ async fn tokens(state: &AppState, user: &UserRecord, refresh_token: String) -> R
         nbf: now.timestamp(),
         exp: (now + ttl).timestamp(),
         jti: uuid::Uuid::now_v7().to_string(),
+        tv: user.token_version,
     };
     let access_token = state.keys.sign(&claims).await?;
     Ok(TokenResponse {
@@ -170,4 +171,58 @@ pub async fn logout(
 pub async fn jwks(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
     let ring = state.keys.ring().await?;
     Ok(Json(ring.jwks(state.clock.now(), state.settings.access_ttl())))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RevocationsQuery {
+    /// Revocations at or after this instant (microseconds since the epoch);
+    /// 0 for all.
+    pub since: Option<i64>,
+}
+
+/// A user whose tokens of an older version are refused.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    pub user_id: String,
+    /// Tokens whose `tv` is below this are refused.
+    pub token_version: i64,
+    /// When (microseconds since the epoch).
+    pub at: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocations {
+    pub items: Vec<Revocation>,
+    /// Ask again with `since` a little before this (a revocation stamped
+    /// earlier may commit later), until an answer comes back not full.
+    pub until: i64,
+    /// Whether more revocations follow `until`.
+    pub more: bool,
+}
+
+/// Most revocations in one answer.
+const REVOCATIONS_PAGE: i64 = 1_000;
+
+/// The revocation feed the gateways follow (internal services only): the
+/// users whose earlier access tokens no gateway may accept any more.
+#[utoipa::path(get, path = "/revocations", tag = "sessions", params(RevocationsQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = Revocations), (status = 401, body = ProblemSchema), (status = 403, body = ProblemSchema)))]
+pub async fn revocations(
+    State(state): State<AppState>,
+    caller: Caller,
+    rewards_kit::extract::Query(query): rewards_kit::extract::Query<RevocationsQuery>,
+) -> Result<Json<Revocations>, Problem> {
+    caller.require(&[rewards_kit::identity::Role::Service])?;
+    let since = query.since.unwrap_or(0).max(0);
+    let rows = state.db.revocations(since, REVOCATIONS_PAGE).await?;
+    let until = rows.last().map_or(since, |(_, _, at)| *at);
+    let more = rows.len() as i64 == REVOCATIONS_PAGE;
+    let items =
+        rows.into_iter().map(|(user_id, token_version, at)| Revocation { user_id, token_version, at }).collect();
+    Ok(Json(Revocations { items, until, more }))
 }

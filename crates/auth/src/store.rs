@@ -31,6 +31,9 @@ pub struct UserRecord {
     pub referrer_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Bumped by every change that revokes the user's tokens; carried by
+    /// each access token as `tv`.
+    pub token_version: i64,
 }
 
 impl UserRecord {
@@ -142,7 +145,7 @@ pub struct AuthStore {
     store: Store,
 }
 
-const USER_COLUMNS: &str = "id, username, password_hash, roles, referrer_id, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username, password_hash, roles, referrer_id, created_at, updated_at, token_version";
 
 impl AuthStore {
     pub fn new(store: Store) -> Self {
@@ -230,6 +233,15 @@ impl AuthStore {
         })
     }
 
+    /// The users whose tokens were revoked at or after `since` (micros):
+    /// (user id, the token version now required, when), oldest first, at
+    /// most `limit`.
+    pub async fn revocations(&self, since: i64, limit: i64) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+        let sql = "SELECT id, token_version, tokens_revoked_at FROM users WHERE tokens_revoked_at >= $1 \
+                   ORDER BY tokens_revoked_at, id LIMIT $2";
+        with_pool!(&self.store, |pool| sqlx::query_as(sql).bind(since).bind(limit).fetch_all(pool).await)
+    }
+
     pub async fn any_admin(&self) -> Result<bool, sqlx::Error> {
         let sql = "SELECT COUNT(*) FROM users WHERE (',' || roles || ',') LIKE '%,ADMIN,%'";
         let count: i64 = with_pool!(&self.store, |pool| sqlx::query_scalar(sql).fetch_one(pool).await)?;
@@ -255,8 +267,10 @@ impl AuthStore {
         let new_roles = format_roles(roles);
         let at = to_micros(now);
         let select = format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = $1");
-        let update =
-            format!("UPDATE users SET roles = $1, updated_at = $2 WHERE username_key = $3 RETURNING {USER_COLUMNS}");
+        let update = format!(
+            "UPDATE users SET roles = $1, updated_at = $2, token_version = token_version + 1, tokens_revoked_at = $2 \
+                     WHERE username_key = $3 RETURNING {USER_COLUMNS}"
+        );
         let admins = "SELECT COUNT(*) FROM users WHERE (',' || roles || ',') LIKE '%,ADMIN,%'";
         let actor_roles = "SELECT roles FROM users WHERE id = $1";
         let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'roles changed' \

@@ -8,6 +8,11 @@
 //! it expires, so a client's many requests cost one signature check: in a
 //! cache shared by the serving threads, and in front of it one per thread
 //! (a lookup there touches nothing another core writes).
+//!
+//! Revocation does not wait for expiry: every token carries its user's token
+//! version (`tv`), and the verifier knows, from the auth service's feed (see
+//! `revocations.rs`), the version each revoked user's tokens must have now.
+//! Whichever cache answers, a token below its user's version is refused.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -40,6 +45,10 @@ struct Claims {
     username: String,
     roles: Vec<Role>,
     exp: i64,
+    /// The user's token version when it was issued (0 for tokens from
+    /// before versions).
+    #[serde(default)]
+    tv: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,13 +65,15 @@ struct Jwk {
     alg: Option<String>,
 }
 
-/// A verified token's identity, remembered until the token expires.
-type Entry = (Arc<Identity>, i64);
+/// A verified token's identity, remembered until the token expires: the
+/// identity, `exp`, `tv`.
+type Entry = (Arc<Identity>, i64, i64);
 
 /// A verified token as one serving thread remembers it.
 pub struct Verified {
     pub identity: Arc<Identity>,
     exp: i64,
+    tv: i64,
     verifier: u64,
     /// The identity proof prepared for the address this token last came from.
     prepared: RefCell<Option<(IpAddr, Rc<Prepared>)>>,
@@ -118,6 +129,8 @@ pub struct Verifier {
     jwks_url: Uri,
     client: Client,
     keys: ArcSwap<HashMap<String, DecodingKey>>,
+    /// Revoked users: the token version their tokens must have now.
+    revoked: ArcSwap<HashMap<String, i64>>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
     cache: Vec<RwLock<FastMap<Box<str>, Entry>>>,
@@ -140,6 +153,7 @@ impl Verifier {
             jwks_url,
             client,
             keys: ArcSwap::from_pointee(HashMap::new()),
+            revoked: ArcSwap::from_pointee(HashMap::new()),
             last_fetch: Mutex::new(None),
             validation,
             cache: (0..SHARDS).map(|_| RwLock::new(FastMap::default())).collect(),
@@ -159,12 +173,14 @@ impl Verifier {
         now: i64,
     ) -> Result<Option<Rc<Verified>>, Problem> {
         if let Some(verified) = last.get(authorization, self.id, now) {
+            self.refuse_revoked(&verified.identity.sub, verified.tv)?;
             return Ok(Some(verified));
         }
         let Some(token) = bearer_token(authorization) else { return Ok(None) };
         // Boxed: a signature check may fetch the JWKS, a large future that
         // would otherwise be carried (and copied) by every request's future.
         let verified = Box::pin(self.verify_here(token, now)).await?;
+        self.refuse_revoked(&verified.identity.sub, verified.tv)?;
         last.set(authorization, verified.clone());
         Ok(Some(verified))
     }
@@ -177,8 +193,8 @@ impl Verifier {
         if let Some(verified) = hit {
             return Ok(verified);
         }
-        let (identity, exp) = self.verify_shared(token, now).await?;
-        let verified = Rc::new(Verified { identity, exp, verifier: self.id, prepared: RefCell::new(None) });
+        let (identity, exp, tv) = self.verify_shared(token, now).await?;
+        let verified = Rc::new(Verified { identity, exp, tv, verifier: self.id, prepared: RefCell::new(None) });
         VERIFIED.with_borrow_mut(|cache| {
             if cache.len() >= self.per_thread {
                 cache.retain(|_, v| v.exp > now);
@@ -193,30 +209,58 @@ impl Verifier {
 
     /// The caller a bearer token proves, or 401.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Problem> {
-        Ok(self.verify_shared(token, chrono::Utc::now().timestamp()).await?.0)
+        let (identity, _, tv) = self.verify_shared(token, chrono::Utc::now().timestamp()).await?;
+        self.refuse_revoked(&identity.sub, tv)?;
+        Ok(identity)
+    }
+
+    /// 401 for a token of a user whose tokens were revoked after it was issued.
+    fn refuse_revoked(&self, sub: &str, tv: i64) -> Result<(), Problem> {
+        let revoked = self.revoked.load();
+        if !revoked.is_empty() && revoked.get(sub).is_some_and(|required| tv < *required) {
+            return Err(Problem::unauthenticated("invalid access token: revoked; sign in again"));
+        }
+        Ok(())
+    }
+
+    /// Learns revocations from the auth service's feed: `(user id, the token
+    /// version now required)`. Versions only go up.
+    pub fn learn_revocations(&self, revocations: impl IntoIterator<Item = (String, i64)>) {
+        let mut known = (**self.revoked.load()).clone();
+        let mut changed = false;
+        for (user, version) in revocations {
+            let entry = known.entry(user).or_insert(0);
+            if version > *entry {
+                *entry = version;
+                changed = true;
+            }
+        }
+        if changed {
+            self.revoked.store(Arc::new(known));
+        }
     }
 
     async fn verify_shared(&self, token: &str, now: i64) -> Result<Entry, Problem> {
         let shard = &self.cache[(self.hasher.hash_one(token) as usize) % SHARDS];
-        if let Some((identity, exp)) = shard.read().expect("token cache").get(token)
+        if let Some((identity, exp, tv)) = shard.read().expect("token cache").get(token)
             && *exp > now
         {
-            return Ok((identity.clone(), *exp));
+            return Ok((identity.clone(), *exp, *tv));
         }
-        let (identity, exp) = self.verify_signature(token).await?;
+        let (identity, exp, tv) = self.verify_signature(token).await?;
         let identity = Arc::new(identity);
         let mut entries = shard.write().expect("token cache");
         if entries.len() >= self.per_shard {
-            entries.retain(|_, (_, exp)| *exp > now);
+            entries.retain(|_, (_, exp, _)| *exp > now);
             if entries.len() >= self.per_shard {
                 entries.clear();
             }
         }
-        entries.insert(token.into(), (identity.clone(), exp));
-        Ok((identity, exp))
+        entries.insert(token.into(), (identity.clone(), exp, tv));
+        Ok((identity, exp, tv))
     }
 
-    async fn verify_signature(&self, token: &str) -> Result<(Identity, i64), Problem> {
+    async fn verify_signature(&self, token: &str) -> Result<(Identity, i64, i64), Problem> {
         let invalid = |why: &str| Problem::unauthenticated(format!("invalid access token: {why}"));
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
         if header.alg != Algorithm::EdDSA {
@@ -247,7 +291,7 @@ impl Verifier {
             }
         })?;
         let claims = data.claims;
-        Ok((Identity { sub: claims.sub, username: claims.username, roles: claims.roles }, claims.exp))
+        Ok((Identity { sub: claims.sub, username: claims.username, roles: claims.roles }, claims.exp, claims.tv))
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
@@ -302,7 +346,7 @@ impl Verifier {
     pub fn sweep(&self) {
         let now = chrono::Utc::now().timestamp();
         for shard in &self.cache {
-            shard.write().expect("token cache").retain(|_, (_, exp)| *exp > now);
+            shard.write().expect("token cache").retain(|_, (_, exp, _)| *exp > now);
         }
     }
 }

@@ -18,6 +18,7 @@ mod metrics;
 mod plain;
 mod proxy;
 pub mod registry;
+mod revocations;
 mod server;
 mod upstream;
 mod wire;
@@ -163,6 +164,7 @@ pub fn build_with_registry(
         metrics: metrics::Metrics::default(),
     });
     tokio::spawn(health::run(Arc::downgrade(&gateway)));
+    tokio::spawn(revocations::run(Arc::downgrade(&gateway)));
     // Only the gateway's own paths come here (see `registry::is_reserved`).
     let own = Router::new()
         .route("/health", get(rewards_kit::health::health))

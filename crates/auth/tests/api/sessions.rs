@@ -178,6 +178,24 @@ async fn a_role_change_ends_the_users_sessions(store: TestStore) {
     let again = auth.tokens("climber", "password-1").await;
     let claims = verify(&auth, again["access_token"].as_str().unwrap()).await.unwrap();
     assert_eq!(claims.roles, [Role::User, Role::Operator]);
+
+    // The tokens carry the user's token version, and the gateways' feed says
+    // which version the climber's tokens must have now.
+    let old = verify(&auth, tokens["access_token"].as_str().unwrap()).await.unwrap();
+    assert_eq!((old.tv, claims.tv), (0, 1));
+    let gateway = rewards_kit::identity::Identity::service("gateway");
+    let feed: Value = auth.get("/revocations?since=0", Some(&gateway)).await.json().await.unwrap();
+    let items = feed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{feed}");
+    assert_eq!(items[0]["userId"], claims.sub.as_str());
+    assert_eq!(items[0]["tokenVersion"], 1);
+    assert_eq!(feed["until"], items[0]["at"]);
+    assert_eq!(feed["more"], false);
+    let later = format!("/revocations?since={}", items[0]["at"].as_i64().unwrap() + 1);
+    let empty: Value = auth.get(&later, Some(&gateway)).await.json().await.unwrap();
+    assert_eq!(empty["items"], json!([]));
+    let player = identity_of(&again["user"]);
+    problem(auth.get("/revocations", Some(&player)).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
 }
 
 async fn logout_revokes_the_session_of_its_own_user_only(store: TestStore) {

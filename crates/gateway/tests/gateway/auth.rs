@@ -22,6 +22,7 @@ fn claims(exp_in: i64) -> AccessClaims {
         nbf: now,
         exp: now + exp_in,
         jti: uuid::Uuid::new_v4().to_string(),
+        tv: 0,
     }
 }
 
@@ -186,4 +187,52 @@ async fn one_connection_changing_tokens_is_each_caller_in_turn() {
         let (status, seen) = exchange(&mut stream, "/echo/public", Some("Basic YWRtaW46YWRtaW4=")).await;
         assert_eq!((status, caller(&seen)), (200, None), "round {round}, not a bearer token");
     }
+}
+
+/// A role change holds at every gateway within a second: the user's earlier
+/// access tokens (cached verified by both instances, and by their
+/// connections) are refused, a new sign-in works, other users go on.
+#[tokio::test]
+async fn a_role_change_refuses_earlier_tokens_at_every_gateway_within_a_second() {
+    let gw = TestGateway::start().await;
+    let t = gw.tokens().await;
+    let second = gw.another_instance();
+    let at = |instance: &GatewayUnderTest, token: &str| {
+        instance.client.get(instance.url("/echo/items/1")).bearer_auth(token.to_owned()).send()
+    };
+    for instance in [&gw.gateway, &second] {
+        for token in [&t.user, &t.operator] {
+            assert_eq!(at(instance, token).await.unwrap().status(), StatusCode::OK, "accepted before");
+        }
+    }
+
+    let change = gw
+        .call(Method::PUT, "/auth-service/users/gw_user/roles", Some(&t.admin))
+        .json(&json!({ "roles": ["AUDITOR"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(change.status(), StatusCode::OK);
+    let changed = std::time::Instant::now();
+
+    for (name, instance) in [("first", &gw.gateway), ("second", &second)] {
+        loop {
+            let response = at(instance, &t.user).await.unwrap();
+            if response.status() == StatusCode::UNAUTHORIZED {
+                problem(response, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+                break;
+            }
+            assert!(changed.elapsed() < std::time::Duration::from_secs(1), "the {name} gateway still accepts it");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let fresh = gw.login("gw_user", "password-123").await;
+    for instance in [&gw.gateway, &second] {
+        assert_eq!(at(instance, &t.user).await.unwrap().status(), StatusCode::UNAUTHORIZED, "and stays refused");
+        assert_eq!(at(instance, &fresh).await.unwrap().status(), StatusCode::OK, "a new sign-in works");
+        assert_eq!(at(instance, &t.operator).await.unwrap().status(), StatusCode::OK, "others go on");
+    }
+    // The feed is for internal services (and ADMINs, who may do anything).
+    let feed = gw.call(Method::GET, "/auth-service/revocations", Some(&t.operator)).send().await.unwrap();
+    problem(feed, StatusCode::FORBIDDEN, "FORBIDDEN").await;
 }

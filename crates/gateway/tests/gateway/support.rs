@@ -170,6 +170,9 @@ pub struct TestGateway {
     _auth_server: TestServer,
     pub echo: Echo,
     _store: TestStore,
+    /// What the gateway was built from, for [`TestGateway::another_instance`].
+    settings: GatewaySettings,
+    services: Vec<rewards_gateway::registry::ServiceSpec>,
 }
 
 pub struct Tokens {
@@ -204,9 +207,16 @@ impl TestGateway {
         services.retain(|s| s.name == "auth-service");
         services[0].instances = vec![auth_server.base_url.clone()];
         services.push(echo_spec(vec![echo.server.base_url.clone()]));
-        let server = rewards_gateway::build_with_registry(&settings, key.clone(), services).unwrap();
+        let server = rewards_gateway::build_with_registry(&settings, key.clone(), services.clone()).unwrap();
         let gateway = GatewayUnderTest::spawn(server);
-        Self { gateway, key, auth, _auth_server: auth_server, echo, _store: store }
+        Self { gateway, key, auth, _auth_server: auth_server, echo, _store: store, settings, services }
+    }
+
+    /// A second gateway instance in front of the same services.
+    pub fn another_instance(&self) -> GatewayUnderTest {
+        let server =
+            rewards_gateway::build_with_registry(&self.settings, self.key.clone(), self.services.clone()).unwrap();
+        GatewayUnderTest::spawn(server)
     }
 
     pub fn call(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
