@@ -157,6 +157,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sessions::logout))
         .routes(routes!(sessions::jwks))
         .routes(routes!(sessions::revocations))
+        .routes(routes!(sessions::sign_out_everywhere))
         .split_for_parts()
 }
 

@@ -226,3 +226,32 @@ pub async fn revocations(
         rows.into_iter().map(|(user_id, token_version, at)| Revocation { user_id, token_version, at }).collect();
     Ok(Json(Revocations { items, until, more }))
 }
+
+/// Sign out everywhere: every session of the user ends and every gateway
+/// refuses its earlier access tokens within a second. ADMIN for anyone;
+/// anyone signed in for `me`.
+#[utoipa::path(delete, path = "/users/{username}/sessions", tag = "sessions", security(("bearer" = [])),
+    params(("username" = String, Path, description = "Any letter case, or `me`")),
+    responses((status = 204, description = "Signed out everywhere"), (status = 401, body = ProblemSchema),
+        (status = 403, body = ProblemSchema), (status = 404, body = ProblemSchema)))]
+pub async fn sign_out_everywhere(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(username): axum::extract::Path<String>,
+) -> Result<StatusCode, Problem> {
+    let actor = &caller.0;
+    let username = if username == "me" {
+        actor.username.clone()
+    } else {
+        caller.require(&[rewards_kit::identity::Role::Admin])?;
+        username
+    };
+    let actor_pair = (actor.sub.as_str(), actor.username.as_str());
+    match state.db.revoke_all_sessions(&username, actor_pair, state.clock.now()).await? {
+        Some(user) => {
+            tracing::info!(user_id = %user.id, by = %actor.sub, "signed out everywhere");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(Problem::not_found(format!("no user is called `{username}`"))),
+    }
+}

@@ -317,6 +317,43 @@ impl AuthStore {
         Ok(pair)
     }
 
+    /// Signs a user out everywhere, in one transaction: every refresh-token
+    /// family revoked, the token version bumped (the gateways refuse the
+    /// user's earlier access tokens), the change in the audit trail. `None`
+    /// when no user has that username.
+    pub async fn revoke_all_sessions(
+        &self,
+        username: &str,
+        actor: (&str, &str),
+        now: DateTime<Utc>,
+    ) -> Result<Option<UserRecord>, sqlx::Error> {
+        let key = username_key(username);
+        let at = to_micros(now);
+        let bump = format!(
+            "UPDATE users SET token_version = token_version + 1, tokens_revoked_at = $1 \
+             WHERE username_key = $2 RETURNING {USER_COLUMNS}"
+        );
+        let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'signed out everywhere' \
+                      WHERE user_id = $2 AND revoked_at IS NULL";
+        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
+                     VALUES ($1, $2, $3, $4, 'user', $5, 'sessions.revoke', NULL, NULL)";
+        Ok(with_write_tx!(&self.store, |tx| {
+            let user = sqlx::query_as::<_, UserRecord>(&bump).bind(at).bind(&key).fetch_optional(&mut *tx).await?;
+            if let Some(user) = &user {
+                sqlx::query(revoke).bind(at).bind(&user.id).execute(&mut *tx).await?;
+                sqlx::query(audit)
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(at)
+                    .bind(actor.0)
+                    .bind(actor.1)
+                    .bind(&user.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            user
+        }))
+    }
+
     /// Starts a session: a new token family and its first refresh token.
     pub async fn create_session(
         &self,

@@ -20,6 +20,7 @@ store_tests!(
     concurrent_refreshes_of_one_token_let_exactly_one_through,
     refresh_tokens_expire,
     a_role_change_ends_the_users_sessions,
+    signing_out_everywhere_ends_every_session_and_is_audited,
     logout_revokes_the_session_of_its_own_user_only,
 );
 
@@ -219,4 +220,56 @@ async fn logout_revokes_the_session_of_its_own_user_only(store: TestStore) {
 
     let anonymous = auth.post("/auth/logout", None, json!({ "refresh_token": token })).await;
     problem(anonymous, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+}
+
+/// `DELETE /users/me/sessions` ends all of the caller's sessions; an ADMIN
+/// may end anyone's, nobody else anyone else's.
+async fn signing_out_everywhere_ends_every_session_and_is_audited(store: TestStore) {
+    let auth = TestAuth::start(store).await;
+    let admin = auth.admin().await;
+    auth.signup("roamer", "password-1").await;
+    auth.signup("other", "password-1").await;
+    let phone = auth.tokens("roamer", "password-1").await;
+    let laptop = auth.tokens("roamer", "password-1").await;
+    let other = auth.tokens("other", "password-1").await;
+    let roamer = identity_of(&phone["user"]);
+    let other_id = identity_of(&other["user"]);
+
+    let meddling = auth.call(Method::DELETE, "/users/roamer/sessions", Some(&other_id)).send().await.unwrap();
+    problem(meddling, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    let out = auth.call(Method::DELETE, "/users/me/sessions", Some(&roamer)).send().await.unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    for session in [&phone, &laptop] {
+        let stale = refresh(&auth, session["refresh_token"].as_str().unwrap()).await;
+        problem(stale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    }
+    assert_eq!(refresh(&auth, other["refresh_token"].as_str().unwrap()).await.status(), StatusCode::OK);
+    let fresh = auth.tokens("roamer", "password-1").await;
+    assert_eq!(verify(&auth, fresh["access_token"].as_str().unwrap()).await.unwrap().tv, 1);
+
+    // An ADMIN signs someone else out; an unknown name is 404.
+    let by_admin = auth.call(Method::DELETE, "/users/ROAMER/sessions", Some(&admin)).send().await.unwrap();
+    assert_eq!(by_admin.status(), StatusCode::NO_CONTENT);
+    problem(
+        refresh(&auth, fresh["refresh_token"].as_str().unwrap()).await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+    )
+    .await;
+    let nobody = auth.call(Method::DELETE, "/users/nobody/sessions", Some(&admin)).send().await.unwrap();
+    problem(nobody, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+
+    let gateway = rewards_kit::identity::Identity::service("gateway");
+    let feed: Value = auth.get("/revocations", Some(&gateway)).await.json().await.unwrap();
+    assert_eq!(feed["items"][0]["userId"], roamer.sub.as_str());
+    assert_eq!(feed["items"][0]["tokenVersion"], 2);
+    let audit: Value = auth.get("/audit", Some(&admin)).await.json().await.unwrap();
+    let steps: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "sessions.revoke")
+        .map(|e| (e["actor"]["username"].as_str().unwrap(), e["entityId"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, [("admin", roamer.sub.as_str()), ("roamer", roamer.sub.as_str())], "newest first");
 }

@@ -236,3 +236,20 @@ async fn a_role_change_refuses_earlier_tokens_at_every_gateway_within_a_second()
     let feed = gw.call(Method::GET, "/auth-service/revocations", Some(&t.operator)).send().await.unwrap();
     problem(feed, StatusCode::FORBIDDEN, "FORBIDDEN").await;
 }
+
+/// Signing out everywhere through the gateway: the caller's own earlier
+/// access token is refused within a second.
+#[tokio::test]
+async fn signing_out_everywhere_refuses_the_callers_tokens_within_a_second() {
+    let gw = TestGateway::start().await;
+    let t = gw.tokens().await;
+    assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&t.user)).send().await.unwrap().status(), StatusCode::OK);
+    let out = gw.call(Method::DELETE, "/auth-service/users/me/sessions", Some(&t.user)).send().await.unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let signed_out = std::time::Instant::now();
+    while gw.call(Method::GET, "/echo/items/1", Some(&t.user)).send().await.unwrap().status() == StatusCode::OK {
+        assert!(signed_out.elapsed() < std::time::Duration::from_secs(1), "the token still works");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&t.operator)).send().await.unwrap().status(), StatusCode::OK);
+}
