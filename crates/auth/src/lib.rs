@@ -151,6 +151,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::list))
         .routes(routes!(users::get_one))
         .routes(routes!(users::set_roles))
+        .routes(routes!(users::set_status))
         .routes(routes!(users::audit))
         .routes(routes!(sessions::login))
         .routes(routes!(sessions::refresh))

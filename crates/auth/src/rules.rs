@@ -21,6 +21,7 @@ pub fn route_rules() -> Vec<RouteRule> {
         RouteRule::roles(Method::GET, "/users", admin),
         RouteRule::roles(Method::GET, "/users/{username}", admin),
         RouteRule::roles(Method::PUT, "/users/{username}/roles", admin),
+        RouteRule::roles(Method::PUT, "/users/{username}/status", admin),
         // ADMIN for anyone, anyone signed in for `me` (the handler tells).
         RouteRule::roles(Method::DELETE, "/users/{username}/sessions", SIGNED_IN),
         RouteRule::roles(Method::GET, "/audit", &[Role::Auditor, Role::Admin]),

@@ -115,6 +115,10 @@ pub async fn login(
     }
     let user = user.ok_or_else(bad_credentials)?;
     state.throttle.record_success(&body.username);
+    if !user.is_active() {
+        // Told only to whoever knows the password.
+        return Err(Problem::forbidden("this account is disabled"));
+    }
 
     let (refresh_token, refresh_hash) = new_refresh_token();
     state.db.create_session(&user.id, &refresh_hash, now, now + state.settings.refresh_ttl()).await?;
@@ -138,6 +142,8 @@ pub async fn refresh(
     let (new_token, new_hash) = new_refresh_token();
     let presented = hash_refresh_token(&body.refresh_token);
     match state.db.rotate_refresh(&presented, &new_hash, now, now + state.settings.refresh_ttl()).await? {
+        // Disabling revokes the sessions; this holds if one raced it.
+        Rotation::Rotated { user, .. } if !user.is_active() => Err(refused_refresh()),
         Rotation::Rotated { user, .. } => Ok(Json(tokens(&state, &user, new_token).await?)),
         Rotation::Replayed { family_id } => {
             tracing::warn!(family_id, "a spent refresh token was presented again; its session is revoked");

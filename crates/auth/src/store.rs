@@ -21,6 +21,12 @@ pub fn username_key(username: &str) -> String {
     username.to_ascii_lowercase()
 }
 
+/// How many active ADMINs there are (inside a role or status change).
+const ACTIVE_ADMINS: &str =
+    "SELECT COUNT(*) FROM users WHERE (',' || roles || ',') LIKE '%,ADMIN,%' AND status = 'ACTIVE'";
+/// The acting account's roles, if it is active.
+const ACTING_ADMIN_ROLES: &str = "SELECT roles FROM users WHERE id = $1 AND status = 'ACTIVE'";
+
 /// A user as stored (with the password hash, which never leaves the service).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRecord {
@@ -34,9 +40,15 @@ pub struct UserRecord {
     /// Bumped by every change that revokes the user's tokens; carried by
     /// each access token as `tv`.
     pub token_version: i64,
+    /// `ACTIVE` or `DISABLED`.
+    pub status: String,
 }
 
 impl UserRecord {
+    pub fn is_active(&self) -> bool {
+        self.status == "ACTIVE"
+    }
+
     pub fn roles(&self) -> Vec<Role> {
         parse_roles(&self.roles)
     }
@@ -145,7 +157,8 @@ pub struct AuthStore {
     store: Store,
 }
 
-const USER_COLUMNS: &str = "id, username, password_hash, roles, referrer_id, created_at, updated_at, token_version";
+const USER_COLUMNS: &str =
+    "id, username, password_hash, roles, referrer_id, created_at, updated_at, token_version, status";
 
 impl AuthStore {
     pub fn new(store: Store) -> Self {
@@ -271,8 +284,8 @@ impl AuthStore {
             "UPDATE users SET roles = $1, updated_at = $2, token_version = token_version + 1, tokens_revoked_at = $2 \
                      WHERE username_key = $3 RETURNING {USER_COLUMNS}"
         );
-        let admins = "SELECT COUNT(*) FROM users WHERE (',' || roles || ',') LIKE '%,ADMIN,%'";
-        let actor_roles = "SELECT roles FROM users WHERE id = $1";
+        let admins = ACTIVE_ADMINS;
+        let actor_roles = ACTING_ADMIN_ROLES;
         let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'roles changed' \
                       WHERE user_id = $2 AND revoked_at IS NULL";
         let is_pg = matches!(self.store, Store::Postgres(_));
@@ -352,6 +365,72 @@ impl AuthStore {
             }
             user
         }))
+    }
+
+    /// Disables or re-enables an account, in one transaction, as
+    /// [`AuthStore::set_roles`] changes roles: the actor must be an active
+    /// ADMIN in the store, the last active ADMIN cannot be disabled, the
+    /// change is audited. Disabling ends the user's sessions and bumps their
+    /// token version (every gateway refuses their access tokens).
+    pub async fn set_status(
+        &self,
+        username: &str,
+        active: bool,
+        actor: (&str, &str),
+        now: DateTime<Utc>,
+    ) -> Result<(UserRecord, UserRecord), StoreError> {
+        let key = username_key(username);
+        let at = to_micros(now);
+        let status = if active { "ACTIVE" } else { "DISABLED" };
+        let select = format!("SELECT {USER_COLUMNS} FROM users WHERE username_key = $1");
+        let enable =
+            format!("UPDATE users SET status = $1, updated_at = $2 WHERE username_key = $3 RETURNING {USER_COLUMNS}");
+        let disable = format!(
+            "UPDATE users SET status = $1, updated_at = $2, token_version = token_version + 1, tokens_revoked_at = $2 \
+             WHERE username_key = $3 RETURNING {USER_COLUMNS}"
+        );
+        let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'account disabled' \
+                      WHERE user_id = $2 AND revoked_at IS NULL";
+        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
+                     VALUES ($1, $2, $3, $4, 'user', $5, 'status.update', $6, $7)";
+        let is_pg = matches!(self.store, Store::Postgres(_));
+        let pair = with_write_tx!(&self.store, |tx| {
+            if is_pg {
+                sqlx::query("SELECT pg_advisory_xact_lock(7431001)").execute(&mut *tx).await?;
+            }
+            let acting: Option<String> =
+                sqlx::query_scalar(ACTING_ADMIN_ROLES).bind(actor.0).fetch_optional(&mut *tx).await?;
+            if !acting.is_some_and(|roles| parse_roles(&roles).contains(&Role::Admin)) {
+                return Err(StoreError::ActorNotAdmin);
+            }
+            let before = sqlx::query_as::<_, UserRecord>(&select)
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let update = if active || !before.is_active() { &enable } else { &disable };
+            let after =
+                sqlx::query_as::<_, UserRecord>(update).bind(status).bind(at).bind(&key).fetch_one(&mut *tx).await?;
+            if !active {
+                let remaining: i64 = sqlx::query_scalar(ACTIVE_ADMINS).fetch_one(&mut *tx).await?;
+                if remaining == 0 {
+                    return Err(StoreError::LastAdmin);
+                }
+                sqlx::query(revoke).bind(at).bind(&after.id).execute(&mut *tx).await?;
+            }
+            sqlx::query(audit)
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(at)
+                .bind(actor.0)
+                .bind(actor.1)
+                .bind(&after.id)
+                .bind(serde_json::json!({ "status": before.status }).to_string())
+                .bind(serde_json::json!({ "status": after.status }).to_string())
+                .execute(&mut *tx)
+                .await?;
+            (before, after)
+        });
+        Ok(pair)
     }
 
     /// Starts a session: a new token family and its first refresh token.

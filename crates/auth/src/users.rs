@@ -23,6 +23,8 @@ pub struct UserView {
     pub id: String,
     pub username: String,
     pub roles: Vec<Role>,
+    /// `ACTIVE`, or `DISABLED` by an ADMIN.
+    pub status: AccountStatus,
     pub created_at: DateTime<Utc>,
 }
 
@@ -32,9 +34,23 @@ impl From<&UserRecord> for UserView {
             id: user.id.clone(),
             username: user.username.clone(),
             roles: user.roles(),
+            status: if user.is_active() { AccountStatus::Active } else { AccountStatus::Disabled },
             created_at: user.created_at(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AccountStatus {
+    Active,
+    Disabled,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    pub status: AccountStatus,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -263,11 +279,44 @@ pub async fn get_one(
 /// make or unmake ADMINs (a demoted ADMIN's token lives on until it expires).
 async fn require_admin_in_store(state: &AppState, caller: &Caller) -> Result<(), Problem> {
     let current = state.db.user_by_id(&caller.0.sub).await?;
-    if current.is_some_and(|user| user.roles().contains(&Role::Admin)) { Ok(()) } else { Err(no_longer_admin()) }
+    let admin = current.is_some_and(|user| user.is_active() && user.roles().contains(&Role::Admin));
+    if admin { Ok(()) } else { Err(no_longer_admin()) }
 }
 
 fn no_longer_admin() -> Problem {
-    Problem::forbidden("your account no longer holds the ADMIN role")
+    Problem::forbidden("your account is no longer an active ADMIN")
+}
+
+/// Disable or re-enable an account (ADMIN). A disabled account cannot sign
+/// in or refresh, and every gateway refuses its access tokens within a
+/// second. The last active ADMIN cannot be disabled.
+#[utoipa::path(put, path = "/users/{username}/status", tag = "accounts", request_body = StatusRequest,
+    security(("bearer" = [])), params(("username" = String, Path, description = "Any letter case")),
+    responses(
+        (status = 200, description = "The updated user", body = UserView),
+        (status = 400, body = ProblemSchema), (status = 401, body = ProblemSchema), (status = 403, body = ProblemSchema),
+        (status = 404, body = ProblemSchema), (status = 409, description = "Would leave no active ADMIN", body = ProblemSchema),
+    ))]
+pub async fn set_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+    Json(body): Json<StatusRequest>,
+) -> Result<Json<UserView>, Problem> {
+    let actor = caller.require(&[Role::Admin])?;
+    let active = body.status == AccountStatus::Active;
+    match state.db.set_status(&username, active, (&actor.sub, &actor.username), state.clock.now()).await {
+        Ok((before, after)) => {
+            tracing::info!(user_id = %after.id, before = %before.status, after = %after.status, by = %actor.sub, "account status changed");
+            Ok(Json(UserView::from(&after)))
+        }
+        Err(StoreError::NotFound) => Err(no_user(&username)),
+        Err(StoreError::LastAdmin) => {
+            Err(Problem::conflict(ProblemCode::Conflict, "at least one active account must keep the ADMIN role"))
+        }
+        Err(StoreError::ActorNotAdmin) => Err(no_longer_admin()),
+        Err(err) => Err(Problem::internal_from(err)),
+    }
 }
 
 fn no_user(username: &str) -> Problem {

@@ -1,7 +1,7 @@
 //! Accounts: signup, registration, lookups, roles, audit — every role, allowed and refused.
 
 use reqwest::{Method, StatusCode};
-use rewards_kit::identity::Role;
+use rewards_kit::identity::{Identity, Role};
 use rewards_kit::store_tests;
 use rewards_kit::testing::TestStore;
 use serde_json::{Value, json};
@@ -21,6 +21,7 @@ store_tests!(
     changing_roles_returns_the_user_and_is_audited,
     the_last_admin_keeps_the_role,
     a_demoted_admin_s_token_changes_no_roles_and_registers_no_one,
+    a_disabled_account_cannot_sign_in_refresh_or_act,
     the_audit_trail_is_for_auditors_and_admins,
 );
 
@@ -39,7 +40,8 @@ async fn signup_creates_a_user_without_password_material(store: TestStore) {
     assert_eq!(user["roles"], json!(["USER"]));
     assert!(user["id"].as_str().is_some_and(|id| !id.is_empty()));
     assert!(user["createdAt"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(user.as_object().unwrap().len(), 4, "{user}");
+    assert_eq!(user["status"], "ACTIVE");
+    assert_eq!(user.as_object().unwrap().len(), 5, "{user}");
 
     let tokens = auth.tokens("player_one", "hunter2hunter2").await;
     assert_eq!(tokens["user"]["id"], user["id"], "sign-in is case-insensitive on the username");
@@ -345,4 +347,62 @@ async fn a_demoted_admin_s_token_changes_no_roles_and_registers_no_one(store: Te
     assert_eq!(user("adm4").await["roles"], json!(["USER"]));
     assert_eq!(user("admin").await["roles"], json!(["ADMIN"]));
     assert_eq!(auth.get("/users/adm5", Some(&admin)).await.status(), StatusCode::NOT_FOUND);
+}
+
+/// `PUT /users/{username}/status`: a disabled account cannot sign in (403
+/// once the password is right), its sessions end, a disabled ADMIN's token
+/// changes nothing, the last active ADMIN stays; re-enabled, it signs in.
+async fn a_disabled_account_cannot_sign_in_refresh_or_act(store: TestStore) {
+    let auth = TestAuth::start(store).await;
+    let admin = auth.admin().await;
+    let helper = auth.user_with("helper", &[Role::Admin]).await;
+    auth.signup("cheater", "password-1").await;
+    let session = auth.tokens("cheater", "password-1").await;
+    let status = |who: &Identity, name: &str, status: Value| {
+        auth.call(Method::PUT, &format!("/users/{name}/status"), Some(who)).json(&json!({ "status": status }))
+    };
+
+    let operator = someone(&[Role::Operator]);
+    problem(status(&operator, "cheater", json!("DISABLED")).send().await.unwrap(), StatusCode::FORBIDDEN, "FORBIDDEN")
+        .await;
+    problem(
+        status(&admin, "cheater", json!("GONE")).send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    problem(status(&admin, "nobody", json!("DISABLED")).send().await.unwrap(), StatusCode::NOT_FOUND, "NOT_FOUND")
+        .await;
+
+    let disabled = status(&admin, "cheater", json!("DISABLED")).send().await.unwrap();
+    assert_eq!(disabled.status(), StatusCode::OK);
+    assert_eq!(disabled.json::<Value>().await.unwrap()["status"], "DISABLED");
+    problem(auth.login("cheater", "password-1").await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    problem(auth.login("cheater", "password-2").await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    let stale = auth.post("/auth/refresh", None, json!({ "refresh_token": session["refresh_token"] })).await;
+    problem(stale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    let gateway = Identity::service("gateway");
+    let feed: Value = auth.get("/revocations", Some(&gateway)).await.json().await.unwrap();
+    assert!(feed["items"].as_array().unwrap().iter().any(|i| i["userId"] == session["user"]["id"]), "{feed}");
+
+    // A disabled ADMIN's token changes nothing; the last active ADMIN stays.
+    assert_eq!(status(&admin, "helper", json!("DISABLED")).send().await.unwrap().status(), StatusCode::OK);
+    let promote = auth.call(Method::PUT, "/users/cheater/roles", Some(&helper)).json(&json!({ "roles": ["ADMIN"] }));
+    problem(promote.send().await.unwrap(), StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    problem(status(&helper, "cheater", json!("ACTIVE")).send().await.unwrap(), StatusCode::FORBIDDEN, "FORBIDDEN")
+        .await;
+    problem(status(&admin, "admin", json!("DISABLED")).send().await.unwrap(), StatusCode::CONFLICT, "CONFLICT").await;
+
+    let enabled = status(&admin, "cheater", json!("ACTIVE")).send().await.unwrap();
+    assert_eq!(enabled.json::<Value>().await.unwrap()["status"], "ACTIVE");
+    assert_eq!(auth.login("cheater", "password-1").await.status(), StatusCode::OK);
+    let audit: Value = auth.get("/audit", Some(&admin)).await.json().await.unwrap();
+    let changes: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "status.update")
+        .map(|e| (e["before"]["status"].as_str().unwrap(), e["after"]["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(changes, [("DISABLED", "ACTIVE"), ("ACTIVE", "DISABLED"), ("ACTIVE", "DISABLED")], "newest first");
 }

@@ -253,3 +253,31 @@ async fn signing_out_everywhere_refuses_the_callers_tokens_within_a_second() {
     }
     assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&t.operator)).send().await.unwrap().status(), StatusCode::OK);
 }
+
+/// A disabled account's token is refused within a second; re-enabled, its
+/// owner signs in again.
+#[tokio::test]
+async fn a_disabled_accounts_tokens_are_refused_within_a_second() {
+    let gw = TestGateway::start().await;
+    let t = gw.tokens().await;
+    assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&t.user)).send().await.unwrap().status(), StatusCode::OK);
+    let status = |value: &str| {
+        gw.call(Method::PUT, "/auth-service/users/gw_user/status", Some(&t.admin)).json(&json!({ "status": value }))
+    };
+    assert_eq!(status("DISABLED").send().await.unwrap().status(), StatusCode::OK);
+    let disabled = std::time::Instant::now();
+    while gw.call(Method::GET, "/echo/items/1", Some(&t.user)).send().await.unwrap().status() == StatusCode::OK {
+        assert!(disabled.elapsed() < std::time::Duration::from_secs(1), "the token still works");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let login = gw
+        .call(Method::POST, "/auth-service/auth/login", None)
+        .json(&json!({ "username": "gw_user", "password": "password-123" }))
+        .send()
+        .await
+        .unwrap();
+    problem(login, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    assert_eq!(status("ACTIVE").send().await.unwrap().status(), StatusCode::OK);
+    let fresh = gw.login("gw_user", "password-123").await;
+    assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&fresh)).send().await.unwrap().status(), StatusCode::OK);
+}
