@@ -108,6 +108,7 @@ async fn bootstrap_admin(auth: &Auth) -> anyhow::Result<()> {
         referrer_id: None,
         now: auth.clock.now(),
         announce: false,
+        registered_by: None,
     };
     match auth.db.insert_user(user).await {
         Ok(_) if generated => {
@@ -159,6 +160,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sessions::jwks))
         .routes(routes!(sessions::revocations))
         .routes(routes!(sessions::sign_out_everywhere))
+        .routes(routes!(sessions::change_password))
         .split_for_parts()
 }
 

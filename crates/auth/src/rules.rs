@@ -18,6 +18,7 @@ pub fn route_rules() -> Vec<RouteRule> {
         RouteRule::roles(Method::POST, "/auth/logout", SIGNED_IN),
         RouteRule::roles(Method::POST, "/users/register", admin),
         RouteRule::roles(Method::GET, "/users/me", SIGNED_IN),
+        RouteRule::roles(Method::POST, "/users/me/password", SIGNED_IN),
         RouteRule::roles(Method::GET, "/users", admin),
         RouteRule::roles(Method::GET, "/users/{username}", admin),
         RouteRule::roles(Method::PUT, "/users/{username}/roles", admin),

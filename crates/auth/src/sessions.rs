@@ -261,3 +261,45 @@ pub async fn sign_out_everywhere(
         None => Err(Problem::not_found(format!("no user is called `{username}`"))),
     }
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// Change one's own password, proving the current one. Every session of the
+/// user ends — this one too: the identity a gateway vouches for does not
+/// name the session, so none can be told apart — and every gateway refuses
+/// the user's earlier access tokens within a second; sign in again with the
+/// new password.
+#[utoipa::path(post, path = "/users/me/password", tag = "sessions", request_body = PasswordChange,
+    security(("bearer" = [])),
+    responses((status = 204, description = "Changed; every session ended"), (status = 400, body = ProblemSchema),
+        (status = 401, description = "Not signed in, or the current password is wrong", body = ProblemSchema),
+        (status = 429, body = ProblemSchema)))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    addr: Option<Extension<ClientAddr>>,
+    Json(body): Json<PasswordChange>,
+) -> Result<StatusCode, Problem> {
+    crate::users::check_password(&body.new_password)
+        .map_err(|_| Problem::invalid_field("newPassword", "must be 8 to 128 characters long"))?;
+    let addr = addr.map(|Extension(ClientAddr(ip))| ip);
+    let now = state.clock.now();
+    let user = state.db.user_by_id(&caller.0.sub).await?.ok_or_else(bad_credentials)?;
+    // The current password is a sign-in: throttled as one.
+    state.throttle.check(&user.username, addr, now)?;
+    if !state.passwords.verify(body.current_password, Some(user.password_hash.clone())).await? {
+        state.throttle.record_failure(&user.username, addr, now);
+        return Err(Problem::unauthenticated("the current password is wrong"));
+    }
+    let hash = state.passwords.hash(body.new_password).await?;
+    if !state.db.change_password(&user.id, &hash, now).await? {
+        return Err(bad_credentials());
+    }
+    tracing::info!(user_id = %user.id, "password changed; every session ended");
+    Ok(StatusCode::NO_CONTENT)
+}

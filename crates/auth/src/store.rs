@@ -81,6 +81,9 @@ pub struct NewUser<'a> {
     /// Report a `SIGNUP` activity (public signups do; accounts made by an
     /// ADMIN or the bootstrap do not).
     pub announce: bool,
+    /// The ADMIN who registered it (id, username): the registration goes
+    /// into the audit trail with the account.
+    pub registered_by: Option<(&'a str, &'a str)>,
 }
 
 /// An activity waiting in the outbox.
@@ -197,6 +200,19 @@ impl AuthStore {
                     .await?;
                 if user.announce {
                     enqueue!(tx, user.id, "SIGNUP", at, &attributes);
+                }
+                if let Some((actor_id, actor_name)) = user.registered_by {
+                    let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, \
+                                 before, after) VALUES ($1, $2, $3, $4, 'user', $5, 'user.register', NULL, $6)";
+                    sqlx::query(audit)
+                        .bind(uuid::Uuid::now_v7().to_string())
+                        .bind(at)
+                        .bind(actor_id)
+                        .bind(actor_name)
+                        .bind(user.id)
+                        .bind(serde_json::json!({ "username": user.username, "roles": user.roles }).to_string())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 record
             }))
@@ -328,6 +344,39 @@ impl AuthStore {
             (before, after)
         });
         Ok(pair)
+    }
+
+    /// Replaces a user's password hash and ends every session of theirs, in
+    /// one transaction: families revoked, token version bumped, audited (the
+    /// user as actor). `false` when the user is gone.
+    pub async fn change_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let at = to_micros(now);
+        let update = "UPDATE users SET password_hash = $1, updated_at = $2, token_version = token_version + 1, \
+                      tokens_revoked_at = $2 WHERE id = $3 RETURNING username";
+        let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'password changed' \
+                      WHERE user_id = $2 AND revoked_at IS NULL";
+        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
+                     VALUES ($1, $2, $3, $4, 'user', $3, 'password.change', NULL, NULL)";
+        Ok(with_write_tx!(&self.store, |tx| {
+            let username: Option<String> =
+                sqlx::query_scalar(update).bind(password_hash).bind(at).bind(user_id).fetch_optional(&mut *tx).await?;
+            if let Some(username) = &username {
+                sqlx::query(revoke).bind(at).bind(user_id).execute(&mut *tx).await?;
+                sqlx::query(audit)
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(at)
+                    .bind(user_id)
+                    .bind(username)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            username.is_some()
+        }))
     }
 
     /// Signs a user out everywhere, in one transaction: every refresh-token

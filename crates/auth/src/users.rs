@@ -163,10 +163,12 @@ async fn create_user(
     roles: &[Role],
     referrer_id: Option<&str>,
     announce: bool,
+    registered_by: Option<(&str, &str)>,
 ) -> Result<UserRecord, Problem> {
     let hash = state.passwords.hash(password).await?;
     let id = uuid::Uuid::now_v7().to_string();
-    let new = NewUser { id: &id, username, password_hash: &hash, roles, referrer_id, now: state.clock.now(), announce };
+    let now = state.clock.now();
+    let new = NewUser { id: &id, username, password_hash: &hash, roles, referrer_id, now, announce, registered_by };
     match state.db.insert_user(new).await {
         Ok(user) => Ok(user),
         Err(StoreError::UsernameTaken) => Err(taken(username)),
@@ -198,7 +200,7 @@ pub async fn signup(
         None => None,
     };
     let referrer_id = referrer.as_ref().map(|r| r.id.as_str());
-    let user = create_user(&state, &body.username, body.password, &[Role::User], referrer_id, true).await?;
+    let user = create_user(&state, &body.username, body.password, &[Role::User], referrer_id, true, None).await?;
     tracing::info!(user_id = %user.id, "signed up");
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
@@ -221,7 +223,16 @@ pub async fn register(
     require_admin_in_store(&state, &caller).await?;
     let roles = body.roles.unwrap_or_else(|| vec![Role::User]);
     check_credentials(&body.username, &body.password, check_roles(&roles).err())?;
-    let user = create_user(&state, &body.username, body.password, &roles, None, false).await?;
+    let user = create_user(
+        &state,
+        &body.username,
+        body.password,
+        &roles,
+        None,
+        false,
+        Some((&caller.0.sub, &caller.0.username)),
+    )
+    .await?;
     tracing::info!(user_id = %user.id, by = %caller.0.sub, "registered");
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }

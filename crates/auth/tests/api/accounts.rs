@@ -347,6 +347,15 @@ async fn a_demoted_admin_s_token_changes_no_roles_and_registers_no_one(store: Te
     assert_eq!(user("adm4").await["roles"], json!(["USER"]));
     assert_eq!(user("admin").await["roles"], json!(["ADMIN"]));
     assert_eq!(auth.get("/users/adm5", Some(&admin)).await.status(), StatusCode::NOT_FOUND);
+
+    // The one registration that happened is in the audit trail.
+    let audit: Value = auth.get("/audit", Some(&admin)).await.json().await.unwrap();
+    let registered: Vec<&Value> =
+        audit["items"].as_array().unwrap().iter().filter(|e| e["action"] == "user.register").collect();
+    assert_eq!(registered.len(), 1, "{audit}");
+    assert_eq!(registered[0]["entityId"], adm4.sub.as_str());
+    assert_eq!(registered[0]["actor"]["username"], "admin");
+    assert_eq!(registered[0]["after"], json!({ "username": "adm4", "roles": ["ADMIN"] }));
 }
 
 /// `PUT /users/{username}/status`: a disabled account cannot sign in (403

@@ -21,6 +21,7 @@ store_tests!(
     refresh_tokens_expire,
     a_role_change_ends_the_users_sessions,
     signing_out_everywhere_ends_every_session_and_is_audited,
+    changing_ones_password_ends_every_session,
     logout_revokes_the_session_of_its_own_user_only,
 );
 
@@ -272,4 +273,38 @@ async fn signing_out_everywhere_ends_every_session_and_is_audited(store: TestSto
         .map(|e| (e["actor"]["username"].as_str().unwrap(), e["entityId"].as_str().unwrap()))
         .collect();
     assert_eq!(steps, [("admin", roamer.sub.as_str()), ("roamer", roamer.sub.as_str())], "newest first");
+}
+
+/// `POST /users/me/password` proves the current password, then ends every
+/// session of the user (the feed bumps its version); the new password signs
+/// in, the old one no longer does.
+async fn changing_ones_password_ends_every_session(store: TestStore) {
+    let auth = TestAuth::start(store).await;
+    auth.signup("changer", "password-1").await;
+    let session = auth.tokens("changer", "password-1").await;
+    let changer = identity_of(&session["user"]);
+    let change = |current: &str, new: &str| {
+        auth.call(Method::POST, "/users/me/password", Some(&changer))
+            .json(&json!({ "currentPassword": current, "newPassword": new }))
+    };
+    problem(change("password-9", "password-2").send().await.unwrap(), StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+        .await;
+    problem(change("password-1", "short").send().await.unwrap(), StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(auth.login("changer", "password-1").await.status(), StatusCode::OK, "nothing changed yet");
+
+    assert_eq!(change("password-1", "password-2").send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    problem(
+        refresh(&auth, session["refresh_token"].as_str().unwrap()).await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+    )
+    .await;
+    problem(auth.login("changer", "password-1").await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    let fresh = auth.tokens("changer", "password-2").await;
+    assert!(verify(&auth, fresh["access_token"].as_str().unwrap()).await.unwrap().tv >= 1);
+    let admin = auth.admin().await;
+    let audit: Value = auth.get("/audit", Some(&admin)).await.json().await.unwrap();
+    let entry = audit["items"].as_array().unwrap().iter().find(|e| e["action"] == "password.change").expect("audited");
+    assert_eq!(entry["actor"]["username"], "changer");
+    assert!(!audit.to_string().contains("password-2"), "no password in the trail");
 }
