@@ -114,7 +114,7 @@ pub async fn login(
         return Err(bad_credentials());
     }
     let user = user.ok_or_else(bad_credentials)?;
-    state.throttle.record_success(&body.username);
+    state.throttle.record_success(&body.username, addr);
     if !user.is_active() {
         // Told only to whoever knows the password.
         return Err(Problem::forbidden("this account is disabled"));

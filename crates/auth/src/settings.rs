@@ -48,9 +48,12 @@ pub struct AuthSettings {
     /// answers 503 with `Retry-After` instead of queueing without limit.
     pub hash_queue: usize,
 
-    /// Failed logins per username within the window before 429.
+    /// Failed logins of one username from one client address within the
+    /// window before 429 there (from all addresses together: ten times as
+    /// many, see `throttle::SPREAD`).
     pub login_failures_per_user: u32,
-    /// Failed logins per client address within the window before 429.
+    /// Failed logins per client address, whatever the usernames, within the
+    /// window before 429 (looser: many players may share an address).
     pub login_failures_per_address: u32,
     /// The failed-login window, in seconds.
     pub login_failure_window_secs: u64,
@@ -84,7 +87,7 @@ impl Default for AuthSettings {
             hash_concurrency: 0,
             hash_queue: 64,
             login_failures_per_user: 5,
-            login_failures_per_address: 20,
+            login_failures_per_address: 100,
             login_failure_window_secs: 15 * 60,
             events_url: "http://127.0.0.1:3002".to_owned(),
             outbox_poll_ms: 250,

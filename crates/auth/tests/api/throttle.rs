@@ -1,4 +1,5 @@
-//! Brute force: failed logins throttled per username and per address;
+//! Brute force: failed logins throttled per username and address, per
+//! address and per username from everywhere;
 //! a storm of logins shed instead of queued.
 
 use std::net::IpAddr;
@@ -13,6 +14,7 @@ use crate::support::*;
 
 store_tests!(
     repeated_failures_for_a_username_are_429_until_the_window_ends,
+    a_guessed_account_is_not_locked_out_from_its_owners_address,
     an_address_guessing_many_usernames_is_throttled,
     a_login_storm_is_shed_with_503_not_queued,
 );
@@ -33,17 +35,55 @@ async fn repeated_failures_for_a_username_are_429_until_the_window_ends(store: T
     })
     .await;
     auth.signup("target", "password-1").await;
-    for i in 0..3 {
-        let ip = format!("203.0.113.{i}");
-        problem(login_from(&auth, "target", "guess", &ip).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    for _ in 0..3 {
+        let guess = login_from(&auth, "target", "guess", "203.0.113.5").await;
+        problem(guess, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
     }
-    let blocked = login_from(&auth, "TARGET", "password-1", "198.51.100.1").await;
+    let blocked = login_from(&auth, "TARGET", "password-1", "203.0.113.5").await;
     let retry_after: u64 = blocked.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=300).contains(&retry_after));
     problem(blocked, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
 
     auth.clock.advance(Duration::seconds(301));
-    assert_eq!(login_from(&auth, "target", "password-1", "198.51.100.1").await.status(), StatusCode::OK);
+    assert_eq!(login_from(&auth, "target", "password-1", "203.0.113.5").await.status(), StatusCode::OK);
+}
+
+/// The attack run's finding: failed logins locked an account (and everyone
+/// behind the attacker's address) for every address. Now an attacker's
+/// guesses lock the account at the attacker's address; its owner signs in
+/// from another, and so do other players behind the attacker's address; only
+/// guesses from many addresses together lock the account everywhere.
+async fn a_guessed_account_is_not_locked_out_from_its_owners_address(store: TestStore) {
+    let auth = TestAuth::start_with(store, |s| {
+        s.login_failures_per_user = 3;
+        s.login_failures_per_address = 20;
+    })
+    .await;
+    auth.signup("victim", "password-1").await;
+    auth.signup("neighbour", "password-1").await;
+    for _ in 0..5 {
+        login_from(&auth, "victim", "guess", "203.0.113.66").await;
+    }
+    problem(
+        login_from(&auth, "victim", "password-1", "203.0.113.66").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+    )
+    .await;
+    assert_eq!(login_from(&auth, "victim", "password-1", "198.51.100.1").await.status(), StatusCode::OK, "the owner");
+    let neighbour = login_from(&auth, "neighbour", "password-1", "203.0.113.66").await;
+    assert_eq!(neighbour.status(), StatusCode::OK, "another player behind the same address");
+
+    // Guesses from thirty addresses (ten times the per-user limit) lock it everywhere.
+    for i in 0..30 {
+        login_from(&auth, "victim", "guess", &format!("192.0.2.{i}")).await;
+    }
+    problem(
+        login_from(&auth, "victim", "password-1", "198.51.100.2").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+    )
+    .await;
 }
 
 async fn an_address_guessing_many_usernames_is_throttled(store: TestStore) {
