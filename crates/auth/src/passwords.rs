@@ -6,6 +6,10 @@
 //! building a queue that answers nobody in time. Unknown usernames are
 //! verified against a dummy hash of the same cost, so the response time does
 //! not tell who has an account.
+//!
+//! Sign-ins come first: new hashes (sign-ups, registrations, new passwords)
+//! may use at most half the hashing slots and half the queue, so a sign-up
+//! storm leaves the other half to the players signing in.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,8 +28,12 @@ const SLOT_WAIT: Duration = Duration::from_secs(2);
 pub struct Passwords {
     params: Params,
     slots: Semaphore,
+    /// Slots new hashes may hold at once (half of them).
+    hashing: Semaphore,
     waiting: AtomicUsize,
     max_waiting: usize,
+    /// New hashes waiting, at most half the queue.
+    waiting_hashes: AtomicUsize,
     dummy_hash: String,
 }
 
@@ -42,8 +50,10 @@ impl Passwords {
         Ok(Arc::new(Self {
             params,
             slots: Semaphore::new(slots),
+            hashing: Semaphore::new((slots / 2).max(1)),
             waiting: AtomicUsize::new(0),
             max_waiting: settings.hash_queue,
+            waiting_hashes: AtomicUsize::new(0),
             dummy_hash,
         }))
     }
@@ -51,6 +61,17 @@ impl Passwords {
     /// The PHC string of `password` (`$argon2id$v=19$m=...`).
     pub async fn hash(self: &Arc<Self>, password: String) -> Result<String, Problem> {
         let params = self.params.clone();
+        let busy = || Problem::unavailable("too many sign-ups at once; try again in a moment", 1);
+        if self.waiting_hashes.fetch_add(1, Ordering::AcqRel) >= (self.max_waiting / 2).max(1) {
+            self.waiting_hashes.fetch_sub(1, Ordering::AcqRel);
+            return Err(busy());
+        }
+        let gate = tokio::time::timeout(SLOT_WAIT, self.hashing.acquire()).await;
+        self.waiting_hashes.fetch_sub(1, Ordering::AcqRel);
+        let _gate = match gate {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(busy()),
+        };
         self.run(move || hasher(&params).hash_password(password.as_bytes()).map(|h| h.to_string()))
             .await?
             .map_err(|e| Problem::internal_from(format_args!("argon2 hash: {e}")))
@@ -134,5 +155,40 @@ mod tests {
             }
         }
         assert!(shed >= 8, "most of the storm is shed, {shed} were");
+    }
+
+    #[tokio::test]
+    async fn sign_ins_are_served_during_a_sign_up_storm() {
+        // Expensive hashes, two slots, room for eight waiters.
+        let settings = AuthSettings {
+            argon2_memory_kib: 8 * 1024,
+            argon2_iterations: 4,
+            hash_concurrency: 2,
+            hash_queue: 8,
+            ..AuthSettings::default()
+        };
+        let p = Passwords::new(&settings).unwrap();
+        let known = p.hash("password".into()).await.unwrap();
+        let signups: Vec<_> = (0..30)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.hash("password".into()).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let signins: Vec<_> = (0..4)
+            .map(|_| {
+                let (p, known) = (p.clone(), known.clone());
+                tokio::spawn(async move { p.verify("password".into(), Some(known)).await })
+            })
+            .collect();
+        for signin in signins {
+            assert!(signin.await.unwrap().expect("a sign-in is never shed behind sign-ups"));
+        }
+        let mut shed = 0;
+        for signup in signups {
+            shed += usize::from(signup.await.unwrap().is_err());
+        }
+        assert!(shed >= 20, "the sign-up storm is shed at half the queue, {shed} were");
     }
 }
