@@ -42,6 +42,7 @@ pg_tps=$(pgbench -h 127.0.0.1 -U "$PG_USER" -n -M prepared -c "$CONNECTIONS" -j 
 # the players is quick (hashing is not what is measured), no rate limits.
 RUST_LOG=warn REWARDS_ADMIN_PASSWORD=bench-admin-password \
 REWARDS_AUTH__ARGON2_MEMORY_KIB=64 REWARDS_AUTH__ARGON2_ITERATIONS=1 REWARDS_AUTH__LOGIN_FAILURES_PER_ADDRESS=1000000 \
+REWARDS_AUTH__SIGNUPS_PER_ADDRESS=0 \
 REWARDS_GATEWAY__RATE_PER_ADDRESS=0 REWARDS_GATEWAY__RATE_PER_USER=0 \
 REWARDS_EVENTS__DATABASE_URL="postgres://$PG_USER@127.0.0.1:5432/$DB" REWARDS_EVENTS__MAX_CONNECTIONS=64 \
   target/release/rewards up --data-dir "$work/data" --gateway-listen 127.0.0.1:$G --auth-listen 127.0.0.1:$A --events-listen 127.0.0.1:$E \

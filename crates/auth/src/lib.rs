@@ -34,7 +34,7 @@ pub use settings::AuthSettings;
 use crate::keys::Keys;
 use crate::passwords::Passwords;
 use crate::store::{AuthStore, NewUser, StoreError};
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, SignupThrottle};
 
 /// The service's name in logs and readiness reports.
 pub const NAME: &str = "auth";
@@ -54,6 +54,7 @@ pub struct Auth {
     pub passwords: Arc<Passwords>,
     pub keys: Arc<Keys>,
     pub throttle: LoginThrottle,
+    pub signups: SignupThrottle,
     pub clock: SharedClock,
     pub settings: AuthSettings,
 }
@@ -82,7 +83,15 @@ pub async fn open(settings: &AuthSettings, url: &str, clock: SharedClock) -> any
     let db = AuthStore::new(store);
     let passwords = Passwords::new(settings)?;
     let keys = Keys::load(db.clone(), clock.clone(), settings.key_reload()).await?;
-    let auth = Auth { db, passwords, keys, throttle: LoginThrottle::new(settings), clock, settings: settings.clone() };
+    let auth = Auth {
+        db,
+        passwords,
+        keys,
+        throttle: LoginThrottle::new(settings),
+        signups: SignupThrottle::new(settings),
+        clock,
+        settings: settings.clone(),
+    };
     bootstrap_admin(&auth).await?;
     Ok(AppState(Arc::new(auth)))
 }

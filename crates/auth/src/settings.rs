@@ -57,6 +57,12 @@ pub struct AuthSettings {
     pub login_failures_per_address: u32,
     /// The failed-login window, in seconds.
     pub login_failure_window_secs: u64,
+    /// Sign-ups per client address within `signup_window_secs` (0: no limit).
+    pub signups_per_address: u32,
+    /// Sign-ups naming one referrer within `signup_window_secs` (0: no limit).
+    pub referrals_per_referrer: u32,
+    /// The sign-up window, in seconds.
+    pub signup_window_secs: u64,
 
     /// Where LOGIN and SIGNUP activities are delivered (the events service).
     pub events_url: String,
@@ -89,6 +95,9 @@ impl Default for AuthSettings {
             login_failures_per_user: 5,
             login_failures_per_address: 100,
             login_failure_window_secs: 15 * 60,
+            signups_per_address: 20,
+            referrals_per_referrer: 30,
+            signup_window_secs: 60 * 60,
             events_url: "http://127.0.0.1:3002".to_owned(),
             outbox_poll_ms: 250,
             admin_password: Secret::default(),
@@ -99,7 +108,16 @@ impl Default for AuthSettings {
 impl AuthSettings {
     /// Cheap password hashing and short windows, for tests only.
     pub fn for_tests() -> Self {
-        Self { argon2_memory_kib: 64, argon2_iterations: 1, login_failure_window_secs: 60, ..Self::default() }
+        // No sign-up limits: tests make many accounts from one address (the
+        // limits' own tests set them).
+        Self {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            login_failure_window_secs: 60,
+            signups_per_address: 0,
+            referrals_per_referrer: 0,
+            ..Self::default()
+        }
     }
 
     pub fn database_url(&self, data_dir: &Path) -> String {

@@ -119,6 +119,65 @@ impl LoginThrottle {
     }
 }
 
+/// Sign-ups per client address, and referral credit per referrer, in fixed
+/// windows: a script signing up accounts from one address, or naming one
+/// referrer to meet an `inviteFriends` condition, is answered 429 with
+/// `Retry-After` after a few. A limit of 0 is none. Without an address (a
+/// call that no gateway vouched for) only the referrer counts.
+pub struct SignupThrottle {
+    per_address: u32,
+    per_referrer: u32,
+    window: Duration,
+    counts: Mutex<HashMap<String, Window>>,
+}
+
+impl SignupThrottle {
+    pub fn new(settings: &AuthSettings) -> Self {
+        Self {
+            per_address: settings.signups_per_address,
+            per_referrer: settings.referrals_per_referrer,
+            window: Duration::seconds(settings.signup_window_secs as i64),
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a sign-up from `addr` naming `referrer_id`, or 429 when either
+    /// has had its share of the window (then nothing is counted).
+    pub fn admit(&self, addr: Option<IpAddr>, referrer_id: Option<&str>, now: DateTime<Utc>) -> Result<(), Problem> {
+        let keys: Vec<(String, u32, &str)> = [
+            addr.map(|a| (format!("addr:{a}"), self.per_address, "too many sign-ups from your address")),
+            referrer_id
+                .map(|r| (format!("referrer:{r}"), self.per_referrer, "too many sign-ups have named this referrer")),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|(_, limit, _)| *limit > 0)
+        .collect();
+        let mut counts = self.counts.lock().expect("signup throttle lock");
+        if counts.len() >= SWEEP_AT {
+            let window = self.window;
+            counts.retain(|_, w| w.started + window > now);
+        }
+        for (key, limit, why) in &keys {
+            if let Some(window) = counts.get(key)
+                && window.failures >= *limit
+                && window.started + self.window > now
+            {
+                let secs = (window.started + self.window - now).num_seconds().max(1) as u64;
+                return Err(Problem::rate_limited(format!("{why}; try again later"), secs));
+            }
+        }
+        for (key, _, _) in keys {
+            let entry = counts.entry(key).or_insert(Window { failures: 0, started: now });
+            if entry.started + self.window <= now {
+                *entry = Window { failures: 0, started: now };
+            }
+            entry.failures += 1;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

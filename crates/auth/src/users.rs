@@ -182,10 +182,12 @@ async fn create_user(
         (status = 201, description = "Created", body = UserView),
         (status = 400, description = "Invalid fields, unknown referrer, or a `roles` field", body = ProblemSchema),
         (status = 409, description = "USERNAME_TAKEN", body = ProblemSchema),
+        (status = 429, description = "Too many sign-ups from the address, or naming the referrer", body = ProblemSchema),
         (status = 503, description = "Too many sign-ups at once", body = ProblemSchema),
     ))]
 pub async fn signup(
     State(state): State<AppState>,
+    addr: Option<axum::Extension<rewards_kit::identity::ClientAddr>>,
     Json(body): Json<SignupRequest>,
 ) -> Result<(StatusCode, Json<UserView>), Problem> {
     check_credentials(&body.username, &body.password, None)?;
@@ -200,6 +202,8 @@ pub async fn signup(
         None => None,
     };
     let referrer_id = referrer.as_ref().map(|r| r.id.as_str());
+    let addr = addr.map(|axum::Extension(rewards_kit::identity::ClientAddr(ip))| ip);
+    state.signups.admit(addr, referrer_id, state.clock.now())?;
     let user = create_user(&state, &body.username, body.password, &[Role::User], referrer_id, true, None).await?;
     tracing::info!(user_id = %user.id, "signed up");
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))

@@ -15,6 +15,7 @@ use crate::support::*;
 store_tests!(
     repeated_failures_for_a_username_are_429_until_the_window_ends,
     a_guessed_account_is_not_locked_out_from_its_owners_address,
+    sign_ups_are_limited_per_address_and_per_referrer,
     an_address_guessing_many_usernames_is_throttled,
     a_login_storm_is_shed_with_503_not_queued,
 );
@@ -120,4 +121,46 @@ async fn a_login_storm_is_shed_with_503_not_queued(store: TestStore) {
             .filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
             .all(|(_, b)| b["code"] == "SERVICE_UNAVAILABLE")
     );
+}
+
+async fn signup_from(auth: &TestAuth, username: &str, referrer: Option<&str>, ip: &str) -> reqwest::Response {
+    let ip: IpAddr = ip.parse().unwrap();
+    let mut body = json!({ "username": username, "password": "password-1" });
+    if let Some(referrer) = referrer {
+        body["referrer"] = json!(referrer);
+    }
+    auth.call_from(Method::POST, "/auth/signup", None, Some(ip)).json(&body).send().await.unwrap()
+}
+
+/// The attack run's finding: 150 sign-ups naming one referrer from one
+/// address met an `inviteFriends(100)` condition in seconds. Now an address
+/// gets `signups_per_address` a window, a referrer `referrals_per_referrer`
+/// (from any addresses), then 429 with Retry-After; the window's end lets
+/// them in again.
+async fn sign_ups_are_limited_per_address_and_per_referrer(store: TestStore) {
+    let auth = TestAuth::start_with(store, |s| {
+        s.signups_per_address = 3;
+        s.referrals_per_referrer = 4;
+        s.signup_window_secs = 600;
+    })
+    .await;
+    auth.signup("popular", "password-1").await;
+    for i in 0..3 {
+        let created = signup_from(&auth, &format!("farm_{i}"), Some("popular"), "203.0.113.9").await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let fourth = signup_from(&auth, "farm_3", None, "203.0.113.9").await;
+    let retry_after: u64 = fourth.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=600).contains(&retry_after));
+    problem(fourth, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+    assert_eq!(auth.get("/users/farm_3", Some(&auth.admin().await)).await.status(), StatusCode::NOT_FOUND);
+
+    // The referrer's fourth credit comes from another address; the fifth is refused there too.
+    assert_eq!(signup_from(&auth, "friend_a", Some("popular"), "198.51.100.1").await.status(), StatusCode::CREATED);
+    let fifth = signup_from(&auth, "friend_b", Some("POPULAR"), "198.51.100.2").await;
+    problem(fifth, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+    assert_eq!(signup_from(&auth, "friend_b", None, "198.51.100.2").await.status(), StatusCode::CREATED, "without it");
+
+    auth.clock.advance(Duration::seconds(601));
+    assert_eq!(signup_from(&auth, "farm_3", Some("popular"), "203.0.113.9").await.status(), StatusCode::CREATED);
 }
