@@ -170,6 +170,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sessions::revocations))
         .routes(routes!(sessions::sign_out_everywhere))
         .routes(routes!(sessions::change_password))
+        .routes(routes!(sessions::revoke_key))
         .split_for_parts()
 }
 

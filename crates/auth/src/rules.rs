@@ -26,6 +26,7 @@ pub fn route_rules() -> Vec<RouteRule> {
         // ADMIN for anyone, anyone signed in for `me` (the handler tells).
         RouteRule::roles(Method::DELETE, "/users/{username}/sessions", SIGNED_IN),
         RouteRule::roles(Method::GET, "/audit", &[Role::Auditor, Role::Admin]),
+        RouteRule::roles(Method::POST, "/keys/{kid}/revoke", admin),
         // The gateways' revocation feed: internal services only.
         RouteRule::roles(Method::GET, "/revocations", &[Role::Service]),
     ]

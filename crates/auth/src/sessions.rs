@@ -208,6 +208,8 @@ pub struct Revocations {
     pub until: i64,
     /// Whether more revocations follow `until`.
     pub more: bool,
+    /// Every revoked signing key: tokens naming one are refused.
+    pub revoked_keys: Vec<String>,
 }
 
 /// Most revocations in one answer.
@@ -230,7 +232,8 @@ pub async fn revocations(
     let more = rows.len() as i64 == REVOCATIONS_PAGE;
     let items =
         rows.into_iter().map(|(user_id, token_version, at)| Revocation { user_id, token_version, at }).collect();
-    Ok(Json(Revocations { items, until, more }))
+    let revoked_keys = state.db.revoked_kids().await?;
+    Ok(Json(Revocations { items, until, more, revoked_keys }))
 }
 
 /// Sign out everywhere: every session of the user ends and every gateway
@@ -302,4 +305,33 @@ pub async fn change_password(
     }
     tracing::info!(user_id = %user.id, "password changed; every session ended");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revoke a signing key (ADMIN): it signs and is published no more, and
+/// every gateway refuses the tokens it signed at once (within a second).
+/// Revoking the key that signs now puts a fresh one in its place.
+#[utoipa::path(post, path = "/keys/{kid}/revoke", tag = "sessions", security(("bearer" = [])),
+    params(("kid" = String, Path, description = "The key id, as in the JWKS and tokens' headers")),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ProblemSchema),
+        (status = 403, body = ProblemSchema), (status = 404, description = "No such key, or revoked before", body = ProblemSchema)))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(kid): axum::extract::Path<String>,
+) -> Result<StatusCode, Problem> {
+    let actor = caller.require(&[rewards_kit::identity::Role::Admin])?;
+    let now = state.clock.now();
+    let successor = crate::keys::generate_key(now, now);
+    match state.db.revoke_key(&kid, &successor, (&actor.sub, &actor.username), now).await {
+        Ok(replaced) => {
+            state.keys.reload().await?;
+            tracing::warn!(%kid, replaced, by = %actor.sub, "signing key revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(crate::store::StoreError::NotFound) => Err(Problem::not_found(format!("no live signing key `{kid}`"))),
+        Err(crate::store::StoreError::ActorNotAdmin) => {
+            Err(Problem::forbidden("your account is no longer an active ADMIN"))
+        }
+        Err(err) => Err(Problem::internal_from(err)),
+    }
 }

@@ -588,8 +588,67 @@ impl AuthStore {
 
     pub async fn signing_keys(&self) -> Result<Vec<KeyRecord>, sqlx::Error> {
         let sql = "SELECT kid, secret_key, public_key, created_at, active_from FROM signing_keys \
-                   ORDER BY active_from DESC, created_at DESC";
+                   WHERE revoked_at IS NULL ORDER BY active_from DESC, created_at DESC";
         with_pool!(&self.store, |pool| sqlx::query_as::<_, KeyRecord>(sql).fetch_all(pool).await)
+    }
+
+    /// The kids of every revoked key.
+    pub async fn revoked_kids(&self) -> Result<Vec<String>, sqlx::Error> {
+        let sql = "SELECT kid FROM signing_keys WHERE revoked_at IS NOT NULL ORDER BY kid";
+        with_pool!(&self.store, |pool| sqlx::query_scalar(sql).fetch_all(pool).await)
+    }
+
+    /// Revokes a signing key, in one transaction: when no other key would be
+    /// signing now, `successor` (a fresh key, active at once) is added, so a
+    /// signing key always remains; audited. `NotFound` for an unknown or
+    /// already revoked key; `ActorNotAdmin` as for role changes.
+    pub async fn revoke_key(
+        &self,
+        kid: &str,
+        successor: &KeyRecord,
+        actor: (&str, &str),
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let at = to_micros(now);
+        let revoke = "UPDATE signing_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL";
+        let others = "SELECT COUNT(*) FROM signing_keys WHERE revoked_at IS NULL AND active_from <= $1";
+        let insert = "INSERT INTO signing_keys (kid, secret_key, public_key, created_at, active_from) \
+                      VALUES ($1, $2, $3, $4, $5)";
+        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
+                     VALUES ($1, $2, $3, $4, 'signing_key', $5, 'key.revoke', NULL, $6)";
+        Ok(with_write_tx!(&self.store, |tx| {
+            let acting: Option<String> =
+                sqlx::query_scalar(ACTING_ADMIN_ROLES).bind(actor.0).fetch_optional(&mut *tx).await?;
+            if !acting.is_some_and(|roles| parse_roles(&roles).contains(&Role::Admin)) {
+                return Err(StoreError::ActorNotAdmin);
+            }
+            if sqlx::query(revoke).bind(at).bind(kid).execute(&mut *tx).await?.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            let signing: i64 = sqlx::query_scalar(others).bind(at).fetch_one(&mut *tx).await?;
+            let replaced = signing == 0;
+            if replaced {
+                sqlx::query(insert)
+                    .bind(&successor.kid)
+                    .bind(&successor.secret_key)
+                    .bind(&successor.public_key)
+                    .bind(successor.created_at)
+                    .bind(successor.active_from)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let after = serde_json::json!({ "successor": replaced.then_some(&successor.kid) }).to_string();
+            sqlx::query(audit)
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(at)
+                .bind(actor.0)
+                .bind(actor.1)
+                .bind(kid)
+                .bind(after)
+                .execute(&mut *tx)
+                .await?;
+            replaced
+        }))
     }
 
     pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), sqlx::Error> {

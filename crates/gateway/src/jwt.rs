@@ -66,14 +66,15 @@ struct Jwk {
 }
 
 /// A verified token's identity, remembered until the token expires: the
-/// identity, `exp`, `tv`.
-type Entry = (Arc<Identity>, i64, i64);
+/// identity, `exp`, `tv`, and the `kid` of the key that signed it.
+type Entry = (Arc<Identity>, i64, i64, Arc<str>);
 
 /// A verified token as one serving thread remembers it.
 pub struct Verified {
     pub identity: Arc<Identity>,
     exp: i64,
     tv: i64,
+    kid: Arc<str>,
     verifier: u64,
     /// The identity proof prepared for the address this token last came from.
     prepared: RefCell<Option<(IpAddr, Rc<Prepared>)>>,
@@ -131,6 +132,8 @@ pub struct Verifier {
     keys: ArcSwap<HashMap<String, DecodingKey>>,
     /// Revoked users: the token version their tokens must have now.
     revoked: ArcSwap<HashMap<String, i64>>,
+    /// Revoked signing keys.
+    revoked_keys: ArcSwap<std::collections::HashSet<Arc<str>>>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
     cache: Vec<RwLock<FastMap<Box<str>, Entry>>>,
@@ -154,6 +157,7 @@ impl Verifier {
             client,
             keys: ArcSwap::from_pointee(HashMap::new()),
             revoked: ArcSwap::from_pointee(HashMap::new()),
+            revoked_keys: ArcSwap::from_pointee(std::collections::HashSet::new()),
             last_fetch: Mutex::new(None),
             validation,
             cache: (0..SHARDS).map(|_| RwLock::new(FastMap::default())).collect(),
@@ -173,14 +177,14 @@ impl Verifier {
         now: i64,
     ) -> Result<Option<Rc<Verified>>, Problem> {
         if let Some(verified) = last.get(authorization, self.id, now) {
-            self.refuse_revoked(&verified.identity.sub, verified.tv)?;
+            self.refuse_revoked(&verified.identity.sub, verified.tv, &verified.kid)?;
             return Ok(Some(verified));
         }
         let Some(token) = bearer_token(authorization) else { return Ok(None) };
         // Boxed: a signature check may fetch the JWKS, a large future that
         // would otherwise be carried (and copied) by every request's future.
         let verified = Box::pin(self.verify_here(token, now)).await?;
-        self.refuse_revoked(&verified.identity.sub, verified.tv)?;
+        self.refuse_revoked(&verified.identity.sub, verified.tv, &verified.kid)?;
         last.set(authorization, verified.clone());
         Ok(Some(verified))
     }
@@ -193,8 +197,8 @@ impl Verifier {
         if let Some(verified) = hit {
             return Ok(verified);
         }
-        let (identity, exp, tv) = self.verify_shared(token, now).await?;
-        let verified = Rc::new(Verified { identity, exp, tv, verifier: self.id, prepared: RefCell::new(None) });
+        let (identity, exp, tv, kid) = self.verify_shared(token, now).await?;
+        let verified = Rc::new(Verified { identity, exp, tv, kid, verifier: self.id, prepared: RefCell::new(None) });
         VERIFIED.with_borrow_mut(|cache| {
             if cache.len() >= self.per_thread {
                 cache.retain(|_, v| v.exp > now);
@@ -209,18 +213,37 @@ impl Verifier {
 
     /// The caller a bearer token proves, or 401.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Problem> {
-        let (identity, _, tv) = self.verify_shared(token, chrono::Utc::now().timestamp()).await?;
-        self.refuse_revoked(&identity.sub, tv)?;
+        let (identity, _, tv, kid) = self.verify_shared(token, chrono::Utc::now().timestamp()).await?;
+        self.refuse_revoked(&identity.sub, tv, &kid)?;
         Ok(identity)
     }
 
-    /// 401 for a token of a user whose tokens were revoked after it was issued.
-    fn refuse_revoked(&self, sub: &str, tv: i64) -> Result<(), Problem> {
+    /// 401 for a token of a user whose tokens were revoked after it was
+    /// issued, or signed by a revoked key.
+    fn refuse_revoked(&self, sub: &str, tv: i64, kid: &str) -> Result<(), Problem> {
         let revoked = self.revoked.load();
         if !revoked.is_empty() && revoked.get(sub).is_some_and(|required| tv < *required) {
             return Err(Problem::unauthenticated("invalid access token: revoked; sign in again"));
         }
+        let revoked_keys = self.revoked_keys.load();
+        if !revoked_keys.is_empty() && revoked_keys.contains(kid) {
+            return Err(Problem::unauthenticated("invalid access token: its signing key was revoked; sign in again"));
+        }
         Ok(())
+    }
+
+    /// Learns the revoked signing keys (all of them, each time): tokens they
+    /// signed are refused, and they verify nothing more.
+    pub fn learn_revoked_keys(&self, kids: Vec<String>) {
+        if kids.iter().all(|kid| self.revoked_keys.load().contains(kid.as_str())) {
+            return;
+        }
+        let mut keys = (**self.keys.load()).clone();
+        for kid in &kids {
+            keys.remove(kid);
+        }
+        self.keys.store(Arc::new(keys));
+        self.revoked_keys.store(Arc::new(kids.into_iter().map(Arc::from).collect()));
     }
 
     /// Learns revocations from the auth service's feed: `(user id, the token
@@ -242,25 +265,24 @@ impl Verifier {
 
     async fn verify_shared(&self, token: &str, now: i64) -> Result<Entry, Problem> {
         let shard = &self.cache[(self.hasher.hash_one(token) as usize) % SHARDS];
-        if let Some((identity, exp, tv)) = shard.read().expect("token cache").get(token)
+        if let Some((identity, exp, tv, kid)) = shard.read().expect("token cache").get(token)
             && *exp > now
         {
-            return Ok((identity.clone(), *exp, *tv));
+            return Ok((identity.clone(), *exp, *tv, kid.clone()));
         }
-        let (identity, exp, tv) = self.verify_signature(token).await?;
-        let identity = Arc::new(identity);
+        let (identity, exp, tv, kid) = self.verify_signature(token).await?;
         let mut entries = shard.write().expect("token cache");
         if entries.len() >= self.per_shard {
-            entries.retain(|_, (_, exp, _)| *exp > now);
+            entries.retain(|_, (_, exp, _, _)| *exp > now);
             if entries.len() >= self.per_shard {
                 entries.clear();
             }
         }
-        entries.insert(token.into(), (identity.clone(), exp, tv));
-        Ok((identity, exp, tv))
+        entries.insert(token.into(), (identity.clone(), exp, tv, kid.clone()));
+        Ok((identity, exp, tv, kid))
     }
 
-    async fn verify_signature(&self, token: &str) -> Result<(Identity, i64, i64), Problem> {
+    async fn verify_signature(&self, token: &str) -> Result<Entry, Problem> {
         let invalid = |why: &str| Problem::unauthenticated(format!("invalid access token: {why}"));
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
         if header.alg != Algorithm::EdDSA {
@@ -291,7 +313,8 @@ impl Verifier {
             }
         })?;
         let claims = data.claims;
-        Ok((Identity { sub: claims.sub, username: claims.username, roles: claims.roles }, claims.exp, claims.tv))
+        let identity = Identity { sub: claims.sub, username: claims.username, roles: claims.roles };
+        Ok((Arc::new(identity), claims.exp, claims.tv, Arc::from(kid.as_str())))
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
@@ -346,7 +369,7 @@ impl Verifier {
     pub fn sweep(&self) {
         let now = chrono::Utc::now().timestamp();
         for shard in &self.cache {
-            shard.write().expect("token cache").retain(|_, (_, exp, _)| *exp > now);
+            shard.write().expect("token cache").retain(|_, (_, exp, _, _)| *exp > now);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Following the auth service's revocation feed, so that a role change (and
-//! every other change that revokes a user's tokens) holds at this gateway
-//! within a second, not when the user's access token expires.
+//! every other change that revokes a user's tokens), or a revoked signing
+//! key, holds at this gateway within a second, not when the tokens expire.
 //!
 //! Every [`POLL`] the gateway asks an `auth-service` instance for the
 //! revocations since the last it saw (`GET /revocations?since=`, with an
@@ -30,6 +30,8 @@ struct Feed {
     items: Vec<Item>,
     until: i64,
     more: bool,
+    #[serde(default)]
+    revoked_keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +73,7 @@ async fn catch_up(gw: &Gateway, mut since: i64) -> anyhow::Result<i64> {
     loop {
         let feed = fetch(gw, since).await?;
         gw.verifier.learn_revocations(feed.items.into_iter().map(|i| (i.user_id, i.token_version)));
+        gw.verifier.learn_revoked_keys(feed.revoked_keys);
         if !feed.more || feed.until <= since {
             return Ok(feed.until);
         }

@@ -266,21 +266,21 @@ async fn separate_processes_share_a_secret_and_answer_through_the_gateway() {
 
     // JSON logs carry the request id on every request line.
     let id = "cli-json-log-check";
-    client
-        .get(format!("http://127.0.0.1:{}/event-service/health", ports.gateway))
-        .header("x-request-id", id)
-        .send()
-        .await
-        .unwrap();
-    // The line reaches the log file when the process writes it: wait for it
-    // (a busy machine can take longer than a moment).
+    // Asked again until the line is in the log: on a busy machine the write
+    // can lag, and the gateway's health probe may briefly take the instance
+    // out of rotation (then the request is answered without reaching it).
     let mut line = None;
     for _ in 0..100 {
+        let _ = client
+            .get(format!("http://127.0.0.1:{}/event-service/health", ports.gateway))
+            .header("x-request-id", id)
+            .send()
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         line = events.log_text().lines().find(|l| l.contains(id)).map(str::to_owned);
         if line.is_some() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let line = line.expect("a log line with the id");
     let json: Value = serde_json::from_str(&line).expect("JSON log line");

@@ -281,3 +281,26 @@ async fn a_disabled_accounts_tokens_are_refused_within_a_second() {
     let fresh = gw.login("gw_user", "password-123").await;
     assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&fresh)).send().await.unwrap().status(), StatusCode::OK);
 }
+
+/// A revoked signing key: every token it signed is refused within a second
+/// (the admin's own too), and new sign-ins use its successor.
+#[tokio::test]
+async fn a_revoked_signing_keys_tokens_are_refused_within_a_second() {
+    let gw = TestGateway::start().await;
+    let t = gw.tokens().await;
+    assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&t.user)).send().await.unwrap().status(), StatusCode::OK);
+    let kid = jsonwebtoken::decode_header(&t.user).unwrap().kid.unwrap();
+    let revoke =
+        gw.call(Method::POST, &format!("/auth-service/keys/{kid}/revoke"), Some(&t.admin)).send().await.unwrap();
+    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+    let revoked = std::time::Instant::now();
+    for token in [&t.user, &t.admin] {
+        while gw.call(Method::GET, "/echo/items/1", Some(token)).send().await.unwrap().status() == StatusCode::OK {
+            assert!(revoked.elapsed() < std::time::Duration::from_secs(1), "a token of the revoked key still works");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let fresh = gw.login("gw_user", "password-123").await;
+    assert_ne!(jsonwebtoken::decode_header(&fresh).unwrap().kid.unwrap(), kid);
+    assert_eq!(gw.call(Method::GET, "/echo/items/1", Some(&fresh)).send().await.unwrap().status(), StatusCode::OK);
+}
