@@ -118,6 +118,45 @@ macro_rules! enqueue {
     };
 }
 
+const INSERT_AUDIT: &str = "INSERT INTO audit_log \
+    (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Records an account change in the audit trail, inside the transaction
+/// `$tx` that makes it: `$actor` is (id, username); `$before` and `$after`
+/// are optional JSON values.
+macro_rules! audit {
+    ($tx:ident, $at:expr, $actor:expr, $entity:expr, $entity_id:expr, $action:expr, $before:expr, $after:expr) => {{
+        let (actor_id, actor_name): (&str, &str) = $actor;
+        let before: Option<serde_json::Value> = $before;
+        let after: Option<serde_json::Value> = $after;
+        sqlx::query(INSERT_AUDIT)
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind($at)
+            .bind(actor_id)
+            .bind(actor_name)
+            .bind($entity)
+            .bind($entity_id)
+            .bind($action)
+            .bind(before.map(|v| v.to_string()))
+            .bind(after.map(|v| v.to_string()))
+            .execute(&mut *$tx)
+            .await?
+    }};
+}
+
+/// Refuses the change (`StoreError::ActorNotAdmin`) unless the actor is an
+/// active ADMIN in the store, read inside the transaction `$tx`.
+macro_rules! require_acting_admin {
+    ($tx:ident, $actor_id:expr) => {{
+        let acting: Option<String> =
+            sqlx::query_scalar(ACTING_ADMIN_ROLES).bind($actor_id).fetch_optional(&mut *$tx).await?;
+        if !acting.is_some_and(|roles| parse_roles(&roles).contains(&Role::Admin)) {
+            return Err(StoreError::ActorNotAdmin);
+        }
+    }};
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("username taken")]
@@ -201,18 +240,9 @@ impl AuthStore {
                 if user.announce {
                     enqueue!(tx, user.id, "SIGNUP", at, &attributes);
                 }
-                if let Some((actor_id, actor_name)) = user.registered_by {
-                    let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, \
-                                 before, after) VALUES ($1, $2, $3, $4, 'user', $5, 'user.register', NULL, $6)";
-                    sqlx::query(audit)
-                        .bind(uuid::Uuid::now_v7().to_string())
-                        .bind(at)
-                        .bind(actor_id)
-                        .bind(actor_name)
-                        .bind(user.id)
-                        .bind(serde_json::json!({ "username": user.username, "roles": user.roles }).to_string())
-                        .execute(&mut *tx)
-                        .await?;
+                if let Some(actor) = user.registered_by {
+                    let registered = serde_json::json!({ "username": user.username, "roles": user.roles });
+                    audit!(tx, at, actor, "user", user.id, "user.register", None, Some(registered));
                 }
                 record
             }))
@@ -300,21 +330,14 @@ impl AuthStore {
             "UPDATE users SET roles = $1, updated_at = $2, token_version = token_version + 1, tokens_revoked_at = $2 \
                      WHERE username_key = $3 RETURNING {USER_COLUMNS}"
         );
-        let admins = ACTIVE_ADMINS;
-        let actor_roles = ACTING_ADMIN_ROLES;
         let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'roles changed' \
                       WHERE user_id = $2 AND revoked_at IS NULL";
         let is_pg = matches!(self.store, Store::Postgres(_));
-        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
-                     VALUES ($1, $2, $3, $4, 'user', $5, 'roles.update', $6, $7)";
         let pair = with_write_tx!(&self.store, |tx| {
             if is_pg {
                 sqlx::query("SELECT pg_advisory_xact_lock(7431001)").execute(&mut *tx).await?;
             }
-            let acting: Option<String> = sqlx::query_scalar(actor_roles).bind(actor.0).fetch_optional(&mut *tx).await?;
-            if !acting.is_some_and(|roles| parse_roles(&roles).contains(&Role::Admin)) {
-                return Err(StoreError::ActorNotAdmin);
-            }
+            require_acting_admin!(tx, actor.0);
             let before = sqlx::query_as::<_, UserRecord>(&select)
                 .bind(&key)
                 .fetch_optional(&mut *tx)
@@ -326,21 +349,14 @@ impl AuthStore {
                 .bind(&key)
                 .fetch_one(&mut *tx)
                 .await?;
-            let remaining: i64 = sqlx::query_scalar(admins).fetch_one(&mut *tx).await?;
+            let remaining: i64 = sqlx::query_scalar(ACTIVE_ADMINS).fetch_one(&mut *tx).await?;
             if remaining == 0 {
                 return Err(StoreError::LastAdmin);
             }
             sqlx::query(revoke).bind(at).bind(&after.id).execute(&mut *tx).await?;
-            sqlx::query(audit)
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(at)
-                .bind(actor.0)
-                .bind(actor.1)
-                .bind(&after.id)
-                .bind(serde_json::json!({ "roles": before.roles() }).to_string())
-                .bind(serde_json::json!({ "roles": after.roles() }).to_string())
-                .execute(&mut *tx)
-                .await?;
+            let (was, is) =
+                (serde_json::json!({ "roles": before.roles() }), serde_json::json!({ "roles": after.roles() }));
+            audit!(tx, at, actor, "user", &after.id, "roles.update", Some(was), Some(is));
             (before, after)
         });
         Ok(pair)
@@ -360,20 +376,12 @@ impl AuthStore {
                       tokens_revoked_at = $2 WHERE id = $3 RETURNING username";
         let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'password changed' \
                       WHERE user_id = $2 AND revoked_at IS NULL";
-        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
-                     VALUES ($1, $2, $3, $4, 'user', $3, 'password.change', NULL, NULL)";
         Ok(with_write_tx!(&self.store, |tx| {
             let username: Option<String> =
                 sqlx::query_scalar(update).bind(password_hash).bind(at).bind(user_id).fetch_optional(&mut *tx).await?;
             if let Some(username) = &username {
                 sqlx::query(revoke).bind(at).bind(user_id).execute(&mut *tx).await?;
-                sqlx::query(audit)
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(at)
-                    .bind(user_id)
-                    .bind(username)
-                    .execute(&mut *tx)
-                    .await?;
+                audit!(tx, at, (user_id, username.as_str()), "user", user_id, "password.change", None, None);
             }
             username.is_some()
         }))
@@ -397,20 +405,11 @@ impl AuthStore {
         );
         let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'signed out everywhere' \
                       WHERE user_id = $2 AND revoked_at IS NULL";
-        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
-                     VALUES ($1, $2, $3, $4, 'user', $5, 'sessions.revoke', NULL, NULL)";
         Ok(with_write_tx!(&self.store, |tx| {
             let user = sqlx::query_as::<_, UserRecord>(&bump).bind(at).bind(&key).fetch_optional(&mut *tx).await?;
             if let Some(user) = &user {
                 sqlx::query(revoke).bind(at).bind(&user.id).execute(&mut *tx).await?;
-                sqlx::query(audit)
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(at)
-                    .bind(actor.0)
-                    .bind(actor.1)
-                    .bind(&user.id)
-                    .execute(&mut *tx)
-                    .await?;
+                audit!(tx, at, actor, "user", &user.id, "sessions.revoke", None, None);
             }
             user
         }))
@@ -440,18 +439,12 @@ impl AuthStore {
         );
         let revoke = "UPDATE token_families SET revoked_at = $1, revoked_reason = 'account disabled' \
                       WHERE user_id = $2 AND revoked_at IS NULL";
-        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
-                     VALUES ($1, $2, $3, $4, 'user', $5, 'status.update', $6, $7)";
         let is_pg = matches!(self.store, Store::Postgres(_));
         let pair = with_write_tx!(&self.store, |tx| {
             if is_pg {
                 sqlx::query("SELECT pg_advisory_xact_lock(7431001)").execute(&mut *tx).await?;
             }
-            let acting: Option<String> =
-                sqlx::query_scalar(ACTING_ADMIN_ROLES).bind(actor.0).fetch_optional(&mut *tx).await?;
-            if !acting.is_some_and(|roles| parse_roles(&roles).contains(&Role::Admin)) {
-                return Err(StoreError::ActorNotAdmin);
-            }
+            require_acting_admin!(tx, actor.0);
             let before = sqlx::query_as::<_, UserRecord>(&select)
                 .bind(&key)
                 .fetch_optional(&mut *tx)
@@ -467,16 +460,9 @@ impl AuthStore {
                 }
                 sqlx::query(revoke).bind(at).bind(&after.id).execute(&mut *tx).await?;
             }
-            sqlx::query(audit)
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(at)
-                .bind(actor.0)
-                .bind(actor.1)
-                .bind(&after.id)
-                .bind(serde_json::json!({ "status": before.status }).to_string())
-                .bind(serde_json::json!({ "status": after.status }).to_string())
-                .execute(&mut *tx)
-                .await?;
+            let (was, is) =
+                (serde_json::json!({ "status": before.status }), serde_json::json!({ "status": after.status }));
+            audit!(tx, at, actor, "user", &after.id, "status.update", Some(was), Some(is));
             (before, after)
         });
         Ok(pair)
@@ -614,14 +600,8 @@ impl AuthStore {
         let others = "SELECT COUNT(*) FROM signing_keys WHERE revoked_at IS NULL AND active_from <= $1";
         let insert = "INSERT INTO signing_keys (kid, secret_key, public_key, created_at, active_from) \
                       VALUES ($1, $2, $3, $4, $5)";
-        let audit = "INSERT INTO audit_log (id, created_at, actor_id, actor_name, entity, entity_id, action, before, after) \
-                     VALUES ($1, $2, $3, $4, 'signing_key', $5, 'key.revoke', NULL, $6)";
         Ok(with_write_tx!(&self.store, |tx| {
-            let acting: Option<String> =
-                sqlx::query_scalar(ACTING_ADMIN_ROLES).bind(actor.0).fetch_optional(&mut *tx).await?;
-            if !acting.is_some_and(|roles| parse_roles(&roles).contains(&Role::Admin)) {
-                return Err(StoreError::ActorNotAdmin);
-            }
+            require_acting_admin!(tx, actor.0);
             if sqlx::query(revoke).bind(at).bind(kid).execute(&mut *tx).await?.rows_affected() == 0 {
                 return Err(StoreError::NotFound);
             }
@@ -637,16 +617,8 @@ impl AuthStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            let after = serde_json::json!({ "successor": replaced.then_some(&successor.kid) }).to_string();
-            sqlx::query(audit)
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(at)
-                .bind(actor.0)
-                .bind(actor.1)
-                .bind(kid)
-                .bind(after)
-                .execute(&mut *tx)
-                .await?;
+            let after = serde_json::json!({ "successor": replaced.then_some(&successor.kid) });
+            audit!(tx, at, actor, "signing_key", kid, "key.revoke", None, Some(after));
             replaced
         }))
     }
