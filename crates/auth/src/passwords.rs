@@ -61,17 +61,8 @@ impl Passwords {
     /// The PHC string of `password` (`$argon2id$v=19$m=...`).
     pub async fn hash(self: &Arc<Self>, password: String) -> Result<String, Problem> {
         let params = self.params.clone();
-        let busy = || Problem::unavailable("too many sign-ups at once; try again in a moment", 1);
-        if self.waiting_hashes.fetch_add(1, Ordering::AcqRel) >= (self.max_waiting / 2).max(1) {
-            self.waiting_hashes.fetch_sub(1, Ordering::AcqRel);
-            return Err(busy());
-        }
-        let gate = tokio::time::timeout(SLOT_WAIT, self.hashing.acquire()).await;
-        self.waiting_hashes.fetch_sub(1, Ordering::AcqRel);
-        let _gate = match gate {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(busy()),
-        };
+        let half_queue = (self.max_waiting / 2).max(1);
+        let _gate = queue_for(&self.hashing, &self.waiting_hashes, half_queue, "too many sign-ups at once").await?;
         self.run(move || hasher(&params).hash_password(password.as_bytes()).map(|h| h.to_string()))
             .await?
             .map_err(|e| Problem::internal_from(format_args!("argon2 hash: {e}")))
@@ -89,18 +80,29 @@ impl Passwords {
     }
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
-        let busy = || Problem::unavailable("too many sign-ins at once; try again in a moment", 1);
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(busy());
-        }
-        let permit = tokio::time::timeout(SLOT_WAIT, self.slots.acquire()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let _permit = match permit {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(busy()),
-        };
+        let _permit = queue_for(&self.slots, &self.waiting, self.max_waiting, "too many sign-ins at once").await?;
         tokio::task::spawn_blocking(work).await.map_err(|e| Problem::internal_from(format_args!("hash task: {e}")))
+    }
+}
+
+/// A permit of `slots`, waited for behind at most `limit` others (counted in
+/// `waiting`) and for at most [`SLOT_WAIT`]; otherwise 503 saying `busy`.
+async fn queue_for<'a>(
+    slots: &'a Semaphore,
+    waiting: &AtomicUsize,
+    limit: usize,
+    busy: &str,
+) -> Result<tokio::sync::SemaphorePermit<'a>, Problem> {
+    let refused = || Problem::unavailable(format!("{busy}; try again in a moment"), 1);
+    if waiting.fetch_add(1, Ordering::AcqRel) >= limit {
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(refused());
+    }
+    let permit = tokio::time::timeout(SLOT_WAIT, slots.acquire()).await;
+    waiting.fetch_sub(1, Ordering::AcqRel);
+    match permit {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(refused()),
     }
 }
 

@@ -329,9 +329,7 @@ pub async fn revoke_key(
             Ok(StatusCode::NO_CONTENT)
         }
         Err(crate::store::StoreError::NotFound) => Err(Problem::not_found(format!("no live signing key `{kid}`"))),
-        Err(crate::store::StoreError::ActorNotAdmin) => {
-            Err(Problem::forbidden("your account is no longer an active ADMIN"))
-        }
+        Err(crate::store::StoreError::ActorNotAdmin) => Err(crate::users::no_longer_admin()),
         Err(err) => Err(Problem::internal_from(err)),
     }
 }

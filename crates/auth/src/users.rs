@@ -298,7 +298,7 @@ async fn require_admin_in_store(state: &AppState, caller: &Caller) -> Result<(),
     if admin { Ok(()) } else { Err(no_longer_admin()) }
 }
 
-fn no_longer_admin() -> Problem {
+pub(crate) fn no_longer_admin() -> Problem {
     Problem::forbidden("your account is no longer an active ADMIN")
 }
 
@@ -325,12 +325,18 @@ pub async fn set_status(
             tracing::info!(user_id = %after.id, before = %before.status, after = %after.status, by = %actor.sub, "account status changed");
             Ok(Json(UserView::from(&after)))
         }
-        Err(StoreError::NotFound) => Err(no_user(&username)),
-        Err(StoreError::LastAdmin) => {
-            Err(Problem::conflict(ProblemCode::Conflict, "at least one active account must keep the ADMIN role"))
-        }
-        Err(StoreError::ActorNotAdmin) => Err(no_longer_admin()),
-        Err(err) => Err(Problem::internal_from(err)),
+        Err(err) => Err(refused_change(err, &username, "at least one active account must keep the ADMIN role")),
+    }
+}
+
+/// Why the store refused an ADMIN's change to an account; `last_admin` says
+/// what a change that would leave no ADMIN breaks.
+fn refused_change(err: StoreError, username: &str, last_admin: &str) -> Problem {
+    match err {
+        StoreError::NotFound => no_user(username),
+        StoreError::LastAdmin => Problem::conflict(ProblemCode::Conflict, last_admin),
+        StoreError::ActorNotAdmin => no_longer_admin(),
+        err => Problem::internal_from(err),
     }
 }
 
@@ -359,12 +365,7 @@ pub async fn set_roles(
             tracing::info!(user_id = %after.id, before = %before.roles, after = %after.roles, by = %actor.sub, "roles changed");
             Ok(Json(UserView::from(&after)))
         }
-        Err(StoreError::NotFound) => Err(no_user(&username)),
-        Err(StoreError::LastAdmin) => {
-            Err(Problem::conflict(ProblemCode::Conflict, "at least one account must keep the ADMIN role"))
-        }
-        Err(StoreError::ActorNotAdmin) => Err(no_longer_admin()),
-        Err(err) => Err(Problem::internal_from(err)),
+        Err(err) => Err(refused_change(err, &username, "at least one account must keep the ADMIN role")),
     }
 }
 

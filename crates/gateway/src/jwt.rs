@@ -65,6 +65,15 @@ struct Jwk {
     alg: Option<String>,
 }
 
+/// What the auth service's revocation feed said.
+#[derive(Debug, Clone, Default)]
+struct Revoked {
+    /// Revoked users: the token version their tokens must have now.
+    users: HashMap<String, i64>,
+    /// Revoked signing keys.
+    keys: std::collections::HashSet<Arc<str>>,
+}
+
 /// A verified token's identity, remembered until the token expires: the
 /// identity, `exp`, `tv`, and the `kid` of the key that signed it.
 type Entry = (Arc<Identity>, i64, i64, Arc<str>);
@@ -130,10 +139,8 @@ pub struct Verifier {
     jwks_url: Uri,
     client: Client,
     keys: ArcSwap<HashMap<String, DecodingKey>>,
-    /// Revoked users: the token version their tokens must have now.
-    revoked: ArcSwap<HashMap<String, i64>>,
-    /// Revoked signing keys.
-    revoked_keys: ArcSwap<std::collections::HashSet<Arc<str>>>,
+    /// What the revocation feed said: one load per request.
+    revoked: ArcSwap<Revoked>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
     cache: Vec<RwLock<FastMap<Box<str>, Entry>>>,
@@ -156,8 +163,7 @@ impl Verifier {
             jwks_url,
             client,
             keys: ArcSwap::from_pointee(HashMap::new()),
-            revoked: ArcSwap::from_pointee(HashMap::new()),
-            revoked_keys: ArcSwap::from_pointee(std::collections::HashSet::new()),
+            revoked: ArcSwap::from_pointee(Revoked::default()),
             last_fetch: Mutex::new(None),
             validation,
             cache: (0..SHARDS).map(|_| RwLock::new(FastMap::default())).collect(),
@@ -222,11 +228,10 @@ impl Verifier {
     /// issued, or signed by a revoked key.
     fn refuse_revoked(&self, sub: &str, tv: i64, kid: &str) -> Result<(), Problem> {
         let revoked = self.revoked.load();
-        if !revoked.is_empty() && revoked.get(sub).is_some_and(|required| tv < *required) {
+        if revoked.users.get(sub).is_some_and(|required| tv < *required) {
             return Err(Problem::unauthenticated("invalid access token: revoked; sign in again"));
         }
-        let revoked_keys = self.revoked_keys.load();
-        if !revoked_keys.is_empty() && revoked_keys.contains(kid) {
+        if revoked.keys.contains(kid) {
             return Err(Problem::unauthenticated("invalid access token: its signing key was revoked; sign in again"));
         }
         Ok(())
@@ -235,7 +240,8 @@ impl Verifier {
     /// Learns the revoked signing keys (all of them, each time): tokens they
     /// signed are refused, and they verify nothing more.
     pub fn learn_revoked_keys(&self, kids: Vec<String>) {
-        if kids.iter().all(|kid| self.revoked_keys.load().contains(kid.as_str())) {
+        let known = self.revoked.load();
+        if kids.iter().all(|kid| known.keys.contains(kid.as_str())) {
             return;
         }
         let mut keys = (**self.keys.load()).clone();
@@ -243,7 +249,9 @@ impl Verifier {
             keys.remove(kid);
         }
         self.keys.store(Arc::new(keys));
-        self.revoked_keys.store(Arc::new(kids.into_iter().map(Arc::from).collect()));
+        let mut revoked = (**known).clone();
+        revoked.keys = kids.into_iter().map(Arc::from).collect();
+        self.revoked.store(Arc::new(revoked));
     }
 
     /// Learns revocations from the auth service's feed: `(user id, the token
@@ -252,7 +260,7 @@ impl Verifier {
         let mut known = (**self.revoked.load()).clone();
         let mut changed = false;
         for (user, version) in revocations {
-            let entry = known.entry(user).or_insert(0);
+            let entry = known.users.entry(user).or_insert(0);
             if version > *entry {
                 *entry = version;
                 changed = true;
